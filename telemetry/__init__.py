@@ -1,0 +1,55 @@
+"""Reusable aiohttp telemetry: Prometheus metrics, OpenTelemetry tracing, structlog logs.
+
+This package never imports the service that uses it. A service calls
+``telemetry.setup(app, settings, problem_mapper=...)`` once, before adding its own
+middlewares, and records business events through ``app[telemetry.METRICS]``.
+
+Middlewares, outermost first: tracing, request context, metrics, errors.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .errors import setup_errors
+from .keys import METRICS, SETTINGS
+from .logging import configure_logging
+from .metrics import Metrics
+from .middleware import setup_metrics
+from .context import setup_request_context
+from .problems import Problem, ProblemMapper, problem_response
+from .settings import TelemetrySettings, TelemetrySettingsError
+from .tracing import setup_tracing
+
+__all__ = [
+    "METRICS",
+    "SETTINGS",
+    "Metrics",
+    "Problem",
+    "ProblemMapper",
+    "TelemetrySettings",
+    "TelemetrySettingsError",
+    "problem_response",
+    "setup",
+]
+
+
+def setup(
+    app: web.Application,
+    settings: TelemetrySettings,
+    *,
+    problem_mapper: ProblemMapper | None = None,
+) -> Metrics:
+    """Attach every telemetry middleware, route and signal to ``app``.
+
+    The order of the calls below is the order of the middlewares.
+    """
+    configure_logging(settings)
+    metrics = Metrics(settings)
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    setup_tracing(app, settings, metrics)
+    setup_request_context(app)
+    setup_metrics(app, settings, metrics)
+    setup_errors(app, metrics, problem_mapper)
+    return metrics

@@ -1,0 +1,60 @@
+"""RFC 9457 problem details: the one error shape every response uses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://hitl.dev/problems/"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """An error as the client sees it, plus how telemetry should count it.
+
+    ``error_type``/``severity`` label ``app_errors_total``; ``None`` means the
+    problem is not an application error worth counting (e.g. a plain 404 route miss).
+    """
+
+    status: int
+    title: str
+    slug: str = "about:blank"
+    detail: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    error_type: str | None = None
+    severity: str = "warning"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def type_uri(self) -> str:
+        return "about:blank" if self.slug == "about:blank" else PROBLEM_TYPE_BASE + self.slug
+
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"type": self.type_uri, "title": self.title, "status": self.status}
+        if self.detail:
+            body["detail"] = self.detail
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+
+# Maps an exception raised by a handler to a Problem, or None when it is unknown
+# (then it is a crash: 500, counted in app_exceptions_total).
+ProblemMapper = Callable[[BaseException], "Problem | None"]
+
+
+def problem_response(problem: Problem, *, instance: str | None = None, **extra: Any) -> web.Response:
+    body = problem.body(instance)
+    body.update(extra)
+    return web.Response(
+        status=problem.status,
+        text=json.dumps(body),
+        content_type=PROBLEM_CONTENT_TYPE,
+        headers=dict(problem.headers),
+    )
