@@ -1,0 +1,298 @@
+"""GET /api/openapi.json: an OpenAPI 3.1 document built from the same schemas the
+server validates with. A test checks that every registered route appears here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+from . import schemas
+from .bodies import json_response
+
+routes = web.RouteTableDef()
+
+EXAMPLE_PATCH = (
+    "--- a/ssl/t1_lib.c\n"
+    "+++ b/ssl/t1_lib.c\n"
+    "@@ -1,3 +1,3 @@\n"
+    " int check(size_t len) {\n"
+    "-    return len > 0;\n"
+    "+    return len > 0 && len < MAX_LEN;\n"
+    " }\n"
+)
+
+EXAMPLE_SUBMISSION = {
+    "apv_id": "apv-2025-000123",
+    "apv_code": "APV-OPENSSL-0001",
+    "cve_id": "CVE-2024-12345",
+    "severity": "high",
+    "source": "oraculo",
+    "package": {"name": "openssl", "version": "3.0.7", "ecosystem": "debian"},
+    "patch": EXAMPLE_PATCH,
+    "confidence": 0.92,
+    "anomaly_score": 0.81,
+    "cvss_score": 7.5,
+    "wargaming": {"verdict": "patch_effective", "details": {"exploit_blocked": True}},
+}
+
+EXAMPLE_DECISIONS = {
+    "approve": {"decision": "approve"},
+    "reject": {"decision": "reject", "justification": "Patch breaks TLS 1.2 renegotiation"},
+    "modify": {
+        "decision": "modify",
+        "justification": "Bound must be inclusive",
+        "modifications": {"patch": EXAMPLE_PATCH.replace("< MAX_LEN", "<= MAX_LEN")},
+    },
+    "escalate": {"decision": "escalate", "justification": "Needs the crypto team's review"},
+}
+
+EXAMPLE_REVIEW = {
+    "id": "5f0c6d52-8a59-4c7e-9a55-0d2e4b1f6a10",
+    **{k: v for k, v in EXAMPLE_SUBMISSION.items() if k != "apv_id"},
+    "apv_id": "apv-2025-000123",
+    "status": "pending",
+    "created_at": "2025-10-13T12:00:00Z",
+    "decided_at": None,
+    "validation": [
+        {"pattern_type": "cve_format", "result": "valid", "reason": "well-formed CVE identifier",
+         "duration_ms": 0.01},
+    ],
+    "decisions": [],
+}
+
+EXAMPLE_PROBLEM = {
+    "type": "https://hitl.dev/problems/validation-failed",
+    "title": "Unprocessable Content",
+    "status": 422,
+    "detail": "The request body does not match the schema; see errors.",
+    "instance": "/api/reviews",
+    "errors": [{"field": "/severity", "message": "'urgent' is not one of ['critical', 'high', 'medium', 'low']"}],
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": schema}
+    if example is not None:
+        media["example"] = example
+    return {"application/json": media}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
+
+
+AUTH_ERRORS = {
+    "401": _problem("Missing or unknown API key"),
+    "403": _problem("The API key lacks the required role"),
+}
+BODY_ERRORS = {
+    "400": _problem("Malformed JSON"),
+    "413": _problem("Body larger than the configured limit"),
+    "415": _problem("Content-Type is not application/json"),
+    "422": {
+        "description": "Schema violation, with per-field errors",
+        "content": {"application/problem+json": {"schema": _ref("Problem"), "example": EXAMPLE_PROBLEM}},
+    },
+}
+SECURED = [{"apiKey": []}]
+REVIEW_ID = {
+    "name": "review_id", "in": "path", "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/api/reviews": {
+        "post": {
+            "operationId": "submit_review",
+            "summary": "Submit an APV for human review (role: producer)",
+            "security": SECURED,
+            "requestBody": {"required": True, "content": _json(_ref("ApvSubmission"), EXAMPLE_SUBMISSION)},
+            "responses": {
+                "201": {"description": "Created", "headers": {"Location": {"schema": {"type": "string"}}},
+                        "content": _json(_ref("Review"), EXAMPLE_REVIEW)},
+                "200": {"description": "Same apv_id and identical payload: the existing review",
+                        "content": _json(_ref("Review"))},
+                "409": _problem("Same apv_id with a different payload"),
+                **AUTH_ERRORS, **BODY_ERRORS,
+            },
+        },
+        "get": {
+            "operationId": "list_reviews",
+            "summary": "List reviews, newest first, keyset-paginated (role: viewer)",
+            "security": SECURED,
+            "parameters": [
+                _query("status", {"enum": schemas.STATUSES}, "Only reviews in this state"),
+                _query("severity", {"enum": schemas.SEVERITIES}, "Only this severity"),
+                _query("source", {"type": "string"}, "Only from this producer"),
+                _query("cve_id", {"type": "string"}, "Only this CVE"),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "Page size"),
+                _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
+            ],
+            "responses": {
+                "200": {"description": "A page", "content": _json(_ref("ReviewPage"),
+                                                                   {"items": [EXAMPLE_REVIEW], "next_cursor": None})},
+                "422": _problem("Bad filter, limit or cursor"),
+                **AUTH_ERRORS,
+            },
+        },
+    },
+    "/api/reviews/stats": {
+        "get": {
+            "operationId": "review_stats",
+            "summary": "Queue statistics (role: viewer)",
+            "security": SECURED,
+            "responses": {"200": {"description": "Statistics", "content": _json(_ref("Stats"), {
+                "pending_by_severity": {"critical": 1, "high": 4, "medium": 2, "low": 0},
+                "escalated": 1,
+                "decisions_by_type": {"approve": 10, "reject": 2, "modify": 1, "escalate": 1},
+                "time_to_decision_seconds": {"median": 420.0, "p95": 3600.0},
+                "oldest_pending_age_seconds": 7200.0,
+            })}, **AUTH_ERRORS},
+        },
+    },
+    "/api/reviews/{review_id}": {
+        "get": {
+            "operationId": "get_review",
+            "summary": "A review with its validation results and decision history (role: viewer)",
+            "security": SECURED,
+            "parameters": [REVIEW_ID],
+            "responses": {
+                "200": {"description": "The review", "content": _json(_ref("Review"), EXAMPLE_REVIEW)},
+                "404": _problem("No such review"),
+                **AUTH_ERRORS,
+            },
+        },
+    },
+    "/api/reviews/{review_id}/decision": {
+        "post": {
+            "operationId": "decide_review",
+            "summary": "Approve, reject, modify or escalate (role: reviewer; reviewer = the key's name)",
+            "security": SECURED,
+            "parameters": [REVIEW_ID],
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": _ref("DecisionRequest"),
+                "examples": {k: {"value": v} for k, v in EXAMPLE_DECISIONS.items()},
+            }}},
+            "responses": {
+                "200": {"description": "The updated review", "content": _json(_ref("Review"))},
+                "404": _problem("No such review"),
+                "409": _problem("The review is already final (or already escalated)"),
+                **AUTH_ERRORS, **BODY_ERRORS,
+            },
+        },
+    },
+    "/api/apv/validate": {
+        "post": {
+            "operationId": "validate_apv",
+            "summary": "Run the APV validation patterns without storing anything (role: producer)",
+            "security": SECURED,
+            "requestBody": {"required": True, "content": _json(_ref("ApvValidationRequest"), EXAMPLE_SUBMISSION)},
+            "responses": {
+                "200": {"description": "One result per pattern", "content": _json(_ref("ValidationReport"), {
+                    "valid": True,
+                    "results": [{"pattern_type": "cve_format", "result": "valid",
+                                 "reason": "well-formed CVE identifier", "duration_ms": 0.01}],
+                })},
+                **AUTH_ERRORS, **BODY_ERRORS,
+            },
+        },
+    },
+    "/api/health": {
+        "get": {
+            "operationId": "health",
+            "summary": "Liveness (no I/O, no key)",
+            "responses": {"200": {"description": "Alive", "content": _json(_ref("Health"), {"status": "ok"})}},
+        },
+    },
+    "/api/health/ready": {
+        "get": {
+            "operationId": "ready",
+            "summary": "Readiness: PostgreSQL required, Redis optional (no key)",
+            "responses": {
+                "200": {"description": "Ready or degraded (Redis down)", "content": _json(_ref("Health"), {
+                    "status": "degraded", "checks": {"postgres": "ok", "redis": "unavailable"}})},
+                "503": {"description": "PostgreSQL unreachable", "content": _json(_ref("Health"), {
+                    "status": "unavailable", "checks": {"postgres": "unavailable", "redis": "ok"}})},
+            },
+        },
+    },
+    "/api/openapi.json": {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "responses": {"200": {"description": "OpenAPI 3.1", "content": _json({"type": "object"})}},
+        },
+    },
+    "/metrics": {
+        "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics (text exposition format)",
+            "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        },
+    },
+}
+
+TEST_PATHS: dict[str, dict[str, Any]] = {
+    "/api/_test/fail": {
+        "get": {
+            "operationId": "test_fail",
+            "summary": "Failure switch (only with HITL_ENABLE_TEST_ROUTES=true): always 500",
+            "responses": {"500": _problem("Always")},
+        },
+    },
+}
+
+
+def build_document(*, include_test_routes: bool = False) -> dict[str, Any]:
+    paths = dict(PATHS)
+    if include_test_routes:
+        paths.update(TEST_PATHS)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "hitl — human review of APVs",
+            "version": __version__,
+            "description": "Humans review APVs (a CVE, the affected component and a proposed "
+                           "patch) and approve, reject, modify or escalate them.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer",
+                                           "description": "hitl_<id>_<secret> API key"}},
+            "schemas": {
+                "ApvSubmission": schemas.APV_SUBMISSION,
+                "ApvValidationRequest": schemas.APV_VALIDATION_REQUEST,
+                "DecisionRequest": schemas.DECISION_REQUEST,
+                "Review": schemas.REVIEW,
+                "ReviewPage": schemas.REVIEW_PAGE,
+                "Stats": schemas.STATS,
+                "ValidationReport": schemas.VALIDATION_REPORT,
+                "Problem": schemas.PROBLEM,
+                "Health": schemas.HEALTH,
+            },
+        },
+    }
+
+
+OPENAPI_DOCUMENT: web.AppKey[dict[str, Any]] = web.AppKey("openapi_document", dict)
+
+
+@routes.get("/api/openapi.json", name="openapi")
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(request.app[OPENAPI_DOCUMENT])

@@ -1,0 +1,254 @@
+"""JSON Schemas (2020-12) for request and response bodies.
+
+Defined once: the request validator uses them, and the OpenAPI document embeds them,
+so what the docs promise is what the server enforces.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from ..domain.errors import FieldError, ValidationFailed
+
+SEVERITIES = ["critical", "high", "medium", "low"]
+STATUSES = ["pending", "escalated", "approved", "rejected", "modified"]
+DECISIONS = ["approve", "reject", "modify", "escalate"]
+PATTERN_RESULTS = ["valid", "invalid", "error"]
+
+
+def _text(max_length: int, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length, **extra}
+
+
+PACKAGE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "version", "ecosystem"],
+    "properties": {
+        "name": _text(200, examples=["openssl"]),
+        "version": _text(100, examples=["3.0.7"]),
+        "ecosystem": _text(50, examples=["debian"]),
+    },
+}
+
+WARGAMING = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["verdict"],
+    "properties": {
+        "verdict": _text(50, description="Outcome of the exploit simulation, e.g. patch_effective"),
+        "details": {"type": "object"},
+    },
+}
+
+APV_SUBMISSION = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": [
+        "apv_id", "apv_code", "cve_id", "severity", "source",
+        "package", "patch", "confidence", "anomaly_score",
+    ],
+    "properties": {
+        "apv_id": _text(200, description="Producer's id for this APV; the idempotency key"),
+        "apv_code": _text(200),
+        "cve_id": _text(64, description="Checked by the cve_format pattern, not rejected here"),
+        "severity": {"enum": SEVERITIES},
+        "source": _text(100, description="Who produced the APV"),
+        "package": PACKAGE,
+        "patch": _text(512 * 1024, description="Proposed patch as a unified diff"),
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "anomaly_score": {"type": "number"},
+        "cvss_score": {"type": "number", "minimum": 0, "maximum": 10},
+        "wargaming": WARGAMING,
+    },
+}
+
+# The validate endpoint judges payloads that may be incomplete: every pattern reports
+# on what it finds, so only the shape of each present field is enforced.
+APV_VALIDATION_REQUEST = {
+    "type": "object",
+    "properties": {
+        key: value for key, value in APV_SUBMISSION["properties"].items()  # type: ignore[attr-defined]
+    },
+}
+
+DECISION_REQUEST = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["decision"],
+    "properties": {
+        "decision": {"enum": DECISIONS},
+        "justification": _text(10_000),
+        "modifications": {
+            "type": "object",
+            "minProperties": 1,
+            "description": "What the reviewer changed, e.g. a revised patch",
+        },
+    },
+    "allOf": [
+        {
+            "if": {"properties": {"decision": {"enum": ["reject", "modify", "escalate"]}}},
+            "then": {"required": ["justification"]},
+        },
+        {
+            "if": {"properties": {"decision": {"const": "modify"}}},
+            "then": {"required": ["modifications"]},
+        },
+    ],
+}
+
+VALIDATION_RESULT = {
+    "type": "object",
+    "required": ["pattern_type", "result", "reason"],
+    "properties": {
+        "pattern_type": {"type": "string"},
+        "result": {"enum": PATTERN_RESULTS},
+        "reason": {"type": "string"},
+        "duration_ms": {"type": "number"},
+    },
+}
+
+DECISION_RECORD = {
+    "type": "object",
+    "required": ["decision", "reviewer", "from_status", "to_status", "decided_at"],
+    "properties": {
+        "decision": {"enum": DECISIONS},
+        "reviewer": {"type": "string"},
+        "justification": {"type": ["string", "null"]},
+        "modifications": {"type": ["object", "null"]},
+        "from_status": {"enum": STATUSES},
+        "to_status": {"enum": STATUSES},
+        "decided_at": {"type": "string", "format": "date-time"},
+    },
+}
+
+REVIEW = {
+    "type": "object",
+    "required": [
+        "id", "apv_id", "apv_code", "cve_id", "severity", "source", "package", "patch",
+        "confidence", "anomaly_score", "status", "created_at", "decided_at", "validation",
+    ],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "apv_id": {"type": "string"},
+        "apv_code": {"type": "string"},
+        "cve_id": {"type": "string"},
+        "severity": {"enum": SEVERITIES},
+        "source": {"type": "string"},
+        "package": PACKAGE,
+        "patch": {"type": "string"},
+        "confidence": {"type": "number"},
+        "anomaly_score": {"type": "number"},
+        "cvss_score": {"type": ["number", "null"]},
+        "wargaming": {"oneOf": [WARGAMING, {"type": "null"}]},
+        "status": {"enum": STATUSES},
+        "created_at": {"type": "string", "format": "date-time"},
+        "decided_at": {"type": ["string", "null"], "format": "date-time"},
+        "validation": {"type": "array", "items": VALIDATION_RESULT},
+        "decisions": {"type": "array", "items": DECISION_RECORD},
+    },
+}
+
+REVIEW_PAGE = {
+    "type": "object",
+    "required": ["items", "next_cursor"],
+    "properties": {
+        "items": {"type": "array", "items": REVIEW},
+        "next_cursor": {"type": ["string", "null"]},
+    },
+}
+
+STATS = {
+    "type": "object",
+    "required": [
+        "pending_by_severity", "escalated", "decisions_by_type",
+        "time_to_decision_seconds", "oldest_pending_age_seconds",
+    ],
+    "properties": {
+        "pending_by_severity": {
+            "type": "object",
+            "properties": {s: {"type": "integer"} for s in SEVERITIES},
+        },
+        "escalated": {"type": "integer"},
+        "decisions_by_type": {
+            "type": "object",
+            "properties": {d: {"type": "integer"} for d in DECISIONS},
+        },
+        "time_to_decision_seconds": {
+            "type": "object",
+            "properties": {
+                "median": {"type": ["number", "null"]},
+                "p95": {"type": ["number", "null"]},
+            },
+        },
+        "oldest_pending_age_seconds": {"type": ["number", "null"]},
+    },
+}
+
+VALIDATION_REPORT = {
+    "type": "object",
+    "required": ["valid", "results"],
+    "properties": {
+        "valid": {"type": "boolean", "description": "true when every pattern says valid"},
+        "results": {"type": "array", "items": VALIDATION_RESULT},
+    },
+}
+
+PROBLEM = {
+    "type": "object",
+    "required": ["type", "title", "status"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "request_id": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+
+HEALTH = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"enum": ["ok", "ready", "degraded", "unavailable"]},
+        "checks": {"type": "object"},
+    },
+}
+
+SUBMISSION_VALIDATOR = Draft202012Validator(APV_SUBMISSION)
+APV_VALIDATION_VALIDATOR = Draft202012Validator(APV_VALIDATION_REQUEST)
+DECISION_VALIDATOR = Draft202012Validator(DECISION_REQUEST)
+
+
+def validate(validator: Draft202012Validator, instance: Any) -> None:
+    """Raise ValidationFailed with one FieldError per problem found."""
+    errors: list[FieldError] = []
+    for error in sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path)):
+        pointer = "".join(f"/{p}" for p in error.absolute_path)
+        if error.validator == "required":
+            missing = re.match(r"^'([^']*)' is a required property", error.message)
+            name = missing.group(1) if missing else ""
+            errors.append(FieldError(f"{pointer}/{name}", "is required"))
+        elif error.validator == "additionalProperties":
+            errors.append(FieldError(pointer or "/", _short_message(error.message)))
+        else:
+            errors.append(FieldError(pointer or "/", _short_message(error.message)))
+    if errors:
+        raise ValidationFailed(errors)
+
+
+def _short_message(message: str) -> str:
+    # jsonschema echoes the whole offending value; a 500 KiB patch must not come back.
+    return message if len(message) <= 200 else message[:197] + "..."

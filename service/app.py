@@ -1,0 +1,181 @@
+"""The application factory: everything the service is, built from one Settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+import redis.asyncio as aioredis
+import structlog
+from aiohttp import web
+
+import telemetry
+from telemetry.tracing import client_trace_configs, create_aiopg_pool, instrument_redis
+
+from .api import apv, health, openapi, reviews, testing
+from .api.problems import problem_for
+from .auth import ApiKeys
+from .config import Settings
+from .domain.reviews import ReviewPolicy, ReviewService
+from .keys import API_KEYS, CACHE, DB, HTTP_CLIENT, OUTBOX, REVIEWS, SETTINGS
+from .outbox import OutboxPolicy, OutboxWorker
+from .storage.cache import Cache
+from .storage.db import Database, open_pool
+from .storage.migrate import apply_migrations
+from .storage.reviews import ReviewStore
+
+log = structlog.get_logger("hitl.app")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[API_KEYS] = ApiKeys.load(settings.api_keys_file)
+    metrics = telemetry.setup(app, settings.telemetry, problem_mapper=problem_for)
+
+    app.router.add_routes(health.routes)
+    app.router.add_routes(reviews.routes)
+    app.router.add_routes(apv.routes)
+    app.router.add_routes(openapi.routes)
+    if settings.enable_test_routes:
+        app.router.add_routes(testing.routes)
+    app[openapi.OPENAPI_DOCUMENT] = openapi.build_document(
+        include_test_routes=settings.enable_test_routes
+    )
+
+    # Order matters: each context may use what the ones before it opened, and they
+    # close in reverse.
+    app.cleanup_ctx.append(database_ctx)
+    app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(http_client_ctx)
+    app.cleanup_ctx.append(review_service_ctx)
+    app.cleanup_ctx.append(outbox_ctx)
+    app.cleanup_ctx.append(cache_evictions_ctx)
+
+    async def collect_pool_usage() -> None:
+        if DB in app:
+            active, idle = app[DB].pool_usage()
+            metrics.set_db_pool(active=active, idle=idle)
+
+    metrics.add_collector(collect_pool_usage)
+    return app
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+
+    async def pool_factory(dsn: str, **kwargs: object) -> object:
+        return await create_aiopg_pool(app, dsn, **kwargs)
+
+    pool = await open_pool(
+        pool_factory,  # type: ignore[arg-type]
+        settings.database_url,
+        minsize=settings.db_pool_min,
+        maxsize=settings.db_pool_max,
+        timeout=settings.db_timeout_seconds,
+        deadline_seconds=settings.db_connect_deadline_seconds,
+    )
+    try:
+        await apply_migrations(settings.database_url)
+        app[DB] = Database(pool, app[telemetry.METRICS])
+        yield
+    finally:
+        pool.close()
+        await pool.wait_closed()
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    # Short timeouts and no retries: the cache is optional, and a slow Redis must cost
+    # a request at most a fraction of a second before it falls back to PostgreSQL.
+    client = aioredis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_seconds,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        retry_on_timeout=False,
+        health_check_interval=30,
+    )
+    instrument_redis(app, client)
+    app[CACHE] = Cache(client, app[telemetry.METRICS], prefix=settings.redis_key_prefix)
+    yield
+    await client.aclose()
+
+
+async def http_client_ctx(app: web.Application) -> AsyncIterator[None]:
+    session = aiohttp.ClientSession(trace_configs=client_trace_configs(app))
+    app[HTTP_CLIENT] = session
+    yield
+    await session.close()
+
+
+async def review_service_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    policy = ReviewPolicy(
+        anomaly_threshold=settings.anomaly_threshold,
+        review_cache_ttl_seconds=settings.review_cache_ttl_seconds,
+        stats_cache_ttl_seconds=settings.stats_cache_ttl_seconds,
+        notify_decisions=settings.decision_webhook_url is not None,
+    )
+    app[REVIEWS] = ReviewService(
+        ReviewStore(app[DB]), app[CACHE], app[telemetry.METRICS], policy
+    )
+    yield
+
+
+async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if settings.decision_webhook_url is None:
+        yield
+        return
+    metrics = app[telemetry.METRICS]
+    worker = OutboxWorker(
+        app,
+        app[DB],
+        app[HTTP_CLIENT],
+        metrics,
+        OutboxPolicy(
+            url=settings.decision_webhook_url,
+            timeout_seconds=settings.webhook_timeout_seconds,
+            base_backoff_seconds=settings.webhook_base_backoff_seconds,
+            max_backoff_seconds=settings.webhook_max_backoff_seconds,
+            poll_seconds=settings.webhook_poll_seconds,
+        ),
+    )
+    app[OUTBOX] = worker
+    app[REVIEWS].on_notification = worker.wake
+
+    async def collect_outbox_depth() -> None:
+        metrics.set_outbox_depth(await worker.pending_count())
+
+    metrics.add_collector(collect_outbox_depth)
+    task = asyncio.create_task(worker.run(), name="hitl-outbox")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def cache_evictions_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Feed cache_evictions_total with the growth of Redis' own evicted+expired
+    counters, polled in the background (a restart of Redis resets them: skip that)."""
+    cache = app[CACHE]
+    metrics = app[telemetry.METRICS]
+    interval = app[SETTINGS].cache_stats_interval_seconds
+
+    async def poll() -> None:
+        last = await cache.eviction_counters()
+        while True:
+            await asyncio.sleep(interval)
+            now = await cache.eviction_counters()
+            if now is not None and last is not None and now >= last:
+                if now > last:
+                    metrics.record_cache_evictions(now - last)
+            last = now if now is not None else last
+
+    task = asyncio.create_task(poll(), name="hitl-cache-evictions")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

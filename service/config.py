@@ -1,0 +1,226 @@
+"""Service settings: one frozen dataclass read from HITL_* (and OTEL_*) variables.
+
+A wrong value stops start-up with one line naming the variable and the expected form.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from telemetry import TelemetrySettings, TelemetrySettingsError
+
+from . import __version__
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A configuration variable has a value of the wrong form."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/hitl"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every cache key starts with this, so several deployments (or test runs) can
+    # share one Redis without seeing each other's entries.
+    redis_key_prefix: str = "hitl:"
+    redis_timeout_seconds: float = 0.25
+    api_keys_file: Path = Path(".local/api-keys.json")
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    db_timeout_seconds: float = 10.0
+    db_connect_deadline_seconds: float = 30.0
+    review_cache_ttl_seconds: int = 300
+    stats_cache_ttl_seconds: int = 5
+    max_body_bytes: int = 1024 * 1024
+    anomaly_threshold: float = 0.5
+    decision_webhook_url: str | None = None
+    webhook_timeout_seconds: float = 5.0
+    webhook_base_backoff_seconds: float = 1.0
+    webhook_max_backoff_seconds: float = 300.0
+    webhook_poll_seconds: float = 0.5
+    cache_stats_interval_seconds: float = 15.0
+    enable_test_routes: bool = False
+    telemetry: TelemetrySettings = field(
+        default_factory=lambda: TelemetrySettings(service_version=__version__)
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        defaults = cls()
+        try:
+            telemetry = TelemetrySettings.from_env(env, service_version=__version__)
+        except TelemetrySettingsError as exc:
+            raise SettingsError(str(exc)) from None
+        settings = cls(
+            host=reader.get("HITL_HOST", str, defaults.host),
+            port=reader.get("HITL_PORT", _port, defaults.port),
+            database_url=reader.get("HITL_DATABASE_URL", _postgres_url, defaults.database_url),
+            redis_url=reader.get("HITL_REDIS_URL", _redis_url, defaults.redis_url),
+            redis_key_prefix=reader.get("HITL_REDIS_KEY_PREFIX", str, defaults.redis_key_prefix),
+            redis_timeout_seconds=reader.get(
+                "HITL_REDIS_TIMEOUT_SECONDS", _positive_float, defaults.redis_timeout_seconds
+            ),
+            api_keys_file=reader.get("HITL_API_KEYS_FILE", Path, defaults.api_keys_file),
+            db_pool_min=reader.get("HITL_DB_POOL_MIN", _non_negative_int, defaults.db_pool_min),
+            db_pool_max=reader.get("HITL_DB_POOL_MAX", _positive_int, defaults.db_pool_max),
+            db_timeout_seconds=reader.get(
+                "HITL_DB_TIMEOUT_SECONDS", _positive_float, defaults.db_timeout_seconds
+            ),
+            db_connect_deadline_seconds=reader.get(
+                "HITL_DB_CONNECT_DEADLINE_SECONDS",
+                _positive_float,
+                defaults.db_connect_deadline_seconds,
+            ),
+            review_cache_ttl_seconds=reader.get(
+                "HITL_REVIEW_CACHE_TTL_SECONDS", _positive_int, defaults.review_cache_ttl_seconds
+            ),
+            stats_cache_ttl_seconds=reader.get(
+                "HITL_STATS_CACHE_TTL_SECONDS", _positive_int, defaults.stats_cache_ttl_seconds
+            ),
+            max_body_bytes=reader.get("HITL_MAX_BODY_BYTES", _positive_int, defaults.max_body_bytes),
+            anomaly_threshold=reader.get(
+                "HITL_ANOMALY_THRESHOLD", _unit_interval, defaults.anomaly_threshold
+            ),
+            decision_webhook_url=reader.get("HITL_DECISION_WEBHOOK_URL", _http_url, None),
+            webhook_timeout_seconds=reader.get(
+                "HITL_WEBHOOK_TIMEOUT_SECONDS", _positive_float, defaults.webhook_timeout_seconds
+            ),
+            webhook_base_backoff_seconds=reader.get(
+                "HITL_WEBHOOK_BASE_BACKOFF_SECONDS",
+                _positive_float,
+                defaults.webhook_base_backoff_seconds,
+            ),
+            webhook_poll_seconds=reader.get(
+                "HITL_WEBHOOK_POLL_SECONDS", _positive_float, defaults.webhook_poll_seconds
+            ),
+            webhook_max_backoff_seconds=reader.get(
+                "HITL_WEBHOOK_MAX_BACKOFF_SECONDS",
+                _positive_float,
+                defaults.webhook_max_backoff_seconds,
+            ),
+            cache_stats_interval_seconds=reader.get(
+                "HITL_CACHE_STATS_INTERVAL_SECONDS",
+                _positive_float,
+                defaults.cache_stats_interval_seconds,
+            ),
+            enable_test_routes=reader.get("HITL_ENABLE_TEST_ROUTES", _boolean, False),
+            telemetry=telemetry,
+        )
+        if settings.db_pool_min > settings.db_pool_max:
+            raise SettingsError(
+                f"HITL_DB_POOL_MIN={settings.db_pool_min} is larger than "
+                f"HITL_DB_POOL_MAX={settings.db_pool_max}: expected MIN <= MAX"
+            )
+        return settings
+
+    def with_changes(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def database_name(self) -> str:
+        return urlsplit(self.database_url).path.lstrip("/") or "postgres"
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{name}={raw!r}: expected {exc}") from None
+
+
+def _port(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise ValueError("a TCP port number from 0 to 65535, e.g. 8000")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError("a positive whole number, e.g. 10")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError("a whole number >= 0, e.g. 1")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError("a positive number of seconds, e.g. 0.5")
+    return value
+
+
+def _unit_interval(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("a number from 0 to 1, e.g. 0.5")
+    return value
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("true or false")
+
+
+def _postgres_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"postgresql", "postgres"} or not parts.hostname:
+        raise ValueError("a URL like postgresql://USER[:PASSWORD]@HOST:PORT/DBNAME")
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("a URL like redis://HOST:PORT/DB")
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("an http(s) URL like http://127.0.0.1:9000/decisions")
+    return raw

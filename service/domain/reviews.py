@@ -1,0 +1,287 @@
+"""Review use cases: submit, read, list, decide, stats. The one place that knows the
+order of things: validate, write to PostgreSQL, then count and touch the cache."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from telemetry import Metrics
+from telemetry.tracing import context_carrier
+
+from ..storage.cache import Cache
+from ..storage.db import Row
+from ..storage.reviews import ReviewStore
+from .errors import AlreadyDecided, ApvConflict, FieldError, ReviewNotFound, ValidationFailed
+from .models import Decision
+from .validation import PatternResult, validate_apv
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewPolicy:
+    anomaly_threshold: float
+    review_cache_ttl_seconds: int
+    stats_cache_ttl_seconds: int
+    notify_decisions: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    review: dict[str, Any]
+    created: bool
+
+
+class ReviewService:
+    def __init__(
+        self,
+        store: ReviewStore,
+        cache: Cache,
+        metrics: Metrics,
+        policy: ReviewPolicy,
+        on_notification: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.on_notification = on_notification
+        self.store = store
+        self.cache = cache
+        self.metrics = metrics
+        self.policy = policy
+
+    # -- intake ---------------------------------------------------------------------
+
+    def validate(self, apv: dict[str, Any]) -> list[PatternResult]:
+        results = validate_apv(apv, anomaly_threshold=self.policy.anomaly_threshold)
+        for r in results:
+            self.metrics.record_apv_validation(
+                pattern_type=r.pattern_type, result=r.result.value, duration=r.duration_seconds
+            )
+        return results
+
+    async def submit(self, submission: dict[str, Any]) -> Submitted:
+        digest = payload_digest(submission)
+        results = validate_apv(submission, anomaly_threshold=self.policy.anomaly_threshold)
+        async with self.store.db.transaction() as tx:
+            row = await self.store.insert_review(tx, submission, digest, results)
+        if row is None:
+            existing = await self.store.get_by_apv_id(submission["apv_id"])
+            if existing is None:  # deleted in between: cannot happen, reviews are kept
+                raise ApvConflict(submission["apv_id"], "unknown")
+            if existing["payload_sha256"] != digest:
+                raise ApvConflict(submission["apv_id"], existing["id"])
+            return Submitted(await self._detail(existing), created=False)
+        # Counted only now that the transaction committed.
+        self.metrics.record_review_created(severity=row["severity"], source=row["source"])
+        for r in results:
+            self.metrics.record_apv_validation(
+                pattern_type=r.pattern_type, result=r.result.value, duration=r.duration_seconds
+            )
+        await self.cache.delete(self._stats_key())
+        review = review_json(row, [r.as_json() for r in results], [])
+        return Submitted(review, created=True)
+
+    # -- reading --------------------------------------------------------------------
+
+    async def get(self, review_id: str) -> dict[str, Any]:
+        check_uuid(review_id)
+        key = self._review_key(review_id)
+        cached = await self.cache.get_json(key)
+        if cached is not None:
+            return dict(cached)
+        row = await self.store.get_review(review_id)
+        if row is None:
+            raise ReviewNotFound(review_id)
+        review = await self._detail(row)
+        await self.cache.set_json(key, review, self.policy.review_cache_ttl_seconds)
+        return review
+
+    async def list(
+        self,
+        *,
+        status: str | None,
+        severity: str | None,
+        source: str | None,
+        cve_id: str | None,
+        cursor: str | None,
+        limit: int,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        after = decode_cursor(cursor) if cursor else None
+        rows = await self.store.list_reviews(
+            status=status, severity=severity, source=source, cve_id=cve_id,
+            after=after, limit=limit + 1,
+        )
+        page, more = rows[:limit], len(rows) > limit
+        validation = await self.store.validation_results([r["id"] for r in page])
+        items = [review_json(r, validation.get(r["id"], []), None) for r in page]
+        next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
+        return items, next_cursor
+
+    async def stats(self) -> dict[str, Any]:
+        key = self._stats_key()
+        cached = await self.cache.get_json(key)
+        if cached is not None:
+            return dict(cached)
+        row = await self.store.stats()
+        stats = {
+            "pending_by_severity": {
+                s: int(row["pending_by_severity"].get(s, 0))
+                for s in ("critical", "high", "medium", "low")
+            },
+            "escalated": int(row["escalated"]),
+            "decisions_by_type": {
+                d.value: int(row["decisions_by_type"].get(d.value, 0)) for d in Decision
+            },
+            "time_to_decision_seconds": {
+                "median": _float_or_none(row["ttd_median"]),
+                "p95": _float_or_none(row["ttd_p95"]),
+            },
+            "oldest_pending_age_seconds": _float_or_none(row["oldest_pending_age"]),
+        }
+        await self.cache.set_json(key, stats, self.policy.stats_cache_ttl_seconds)
+        return stats
+
+    # -- deciding -------------------------------------------------------------------
+
+    async def decide(
+        self,
+        review_id: str,
+        *,
+        decision: Decision,
+        reviewer: str,
+        justification: str | None,
+        modifications: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        check_uuid(review_id)
+        async with self.store.db.transaction() as tx:
+            outcome = await self.store.apply_decision(
+                tx, review_id, decision, reviewer, justification, modifications
+            )
+            if outcome is None:
+                current = await tx.fetchone(
+                    "select_review_status",
+                    "SELECT status FROM reviews WHERE id = %s",
+                    (review_id,),
+                )
+                if current is None:
+                    raise ReviewNotFound(review_id)
+                raise AlreadyDecided(review_id, current["status"], decision.value)
+            row, record = outcome
+            if self.policy.notify_decisions and decision.target.is_final:
+                await self.store.enqueue_notification(
+                    tx, review_id, record["id"], notification(row, record), context_carrier()
+                )
+        # After commit: a rolled-back decision is neither counted nor uncached.
+        if self.policy.notify_decisions and decision.target.is_final:
+            self.on_notification()
+        self.metrics.record_review_decision(
+            decision=decision.value,
+            severity=row["severity"],
+            duration=(record["decided_at"] - row["created_at"]).total_seconds(),
+        )
+        await self.cache.delete(self._review_key(review_id), self._stats_key())
+        return await self._detail(row)
+
+    # -- helpers --------------------------------------------------------------------
+
+    async def _detail(self, row: Row) -> dict[str, Any]:
+        validation = await self.store.validation_results([row["id"]])
+        decisions = await self.store.decisions(row["id"])
+        return review_json(row, validation.get(row["id"], []), decisions)
+
+    def _review_key(self, review_id: str) -> str:
+        return self.cache.key("review", review_id)
+
+    def _stats_key(self) -> str:
+        return self.cache.key("stats")
+
+
+def payload_digest(submission: dict[str, Any]) -> str:
+    canonical = json.dumps(submission, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def review_json(
+    row: Row, validation: list[dict[str, Any]] | list[Row], decisions: list[Row] | None
+) -> dict[str, Any]:
+    review: dict[str, Any] = {
+        "id": row["id"],
+        "apv_id": row["apv_id"],
+        "apv_code": row["apv_code"],
+        "cve_id": row["cve_id"],
+        "severity": row["severity"],
+        "source": row["source"],
+        "package": {
+            "name": row["package_name"],
+            "version": row["package_version"],
+            "ecosystem": row["package_ecosystem"],
+        },
+        "patch": row["patch"],
+        "confidence": row["confidence"],
+        "anomaly_score": row["anomaly_score"],
+        "cvss_score": row["cvss_score"],
+        "wargaming": row["wargaming"],
+        "status": row["status"],
+        "created_at": _iso(row["created_at"]),
+        "decided_at": _iso(row["decided_at"]),
+        "validation": [dict(v) for v in validation],
+    }
+    if decisions is not None:
+        review["decisions"] = [
+            {**d, "decided_at": _iso(d["decided_at"])} for d in decisions
+        ]
+        for d in review["decisions"]:
+            d.pop("id", None)
+    return review
+
+
+def notification(row: Row, record: Row) -> dict[str, Any]:
+    return {
+        "event": "review.decided",
+        "review_id": row["id"],
+        "apv_id": row["apv_id"],
+        "cve_id": row["cve_id"],
+        "severity": row["severity"],
+        "decision": record["decision"],
+        "status": record["to_status"],
+        "reviewer": record["reviewer"],
+        "justification": record["justification"],
+        "modifications": record["modifications"],
+        "decided_at": _iso(record["decided_at"]),
+    }
+
+
+def check_uuid(review_id: str) -> None:
+    try:
+        uuid.UUID(review_id)
+    except ValueError:
+        raise ReviewNotFound(review_id) from None
+
+
+def encode_cursor(created_at: datetime, review_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), review_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, review_id = json.loads(base64.urlsafe_b64decode(padded))
+        uuid.UUID(review_id)
+        return datetime.fromisoformat(created), review_id
+    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
+        raise ValidationFailed([FieldError("cursor", "is not a cursor this API issued")]) from None
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else round(float(value), 3)

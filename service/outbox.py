@@ -1,0 +1,153 @@
+"""Decision webhook: at-least-once delivery from the webhook_outbox table.
+
+A decision and its notification are written in one transaction (see
+ReviewService.decide). This worker leases due rows (so a crash mid-delivery only
+delays a row until its lease runs out), POSTs each one inside a span whose parent is
+the decision request's stored trace context, marks it delivered on 2xx, and otherwise
+schedules the next attempt with exponential backoff and full jitter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from telemetry import Metrics
+from telemetry.tracing import continue_trace
+
+from .storage.db import Database, Row
+
+log = structlog.get_logger("hitl.outbox")
+
+LEASE_SECONDS = 60
+BATCH = 20
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxPolicy:
+    url: str
+    timeout_seconds: float
+    base_backoff_seconds: float
+    max_backoff_seconds: float
+    poll_seconds: float
+
+
+class OutboxWorker:
+    def __init__(
+        self,
+        app: web.Application,
+        db: Database,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        policy: OutboxPolicy,
+    ) -> None:
+        self._app = app
+        self._db = db
+        self._session = session
+        self._metrics = metrics
+        self.policy = policy
+        self._wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        """Look for due rows now instead of at the next poll."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                delivered_any = await self.deliver_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a database hiccup must not end the worker
+                log.warning("outbox_poll_failed", error=type(exc).__name__, detail=str(exc)[:200])
+                delivered_any = False
+            if delivered_any:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.policy.poll_seconds)
+            self._wakeup.clear()
+
+    async def deliver_due(self) -> bool:
+        rows = await self._lease_due()
+        for row in rows:
+            await self._deliver(row)
+        return bool(rows)
+
+    async def pending_count(self) -> int:
+        row = await self._db.fetchone(
+            "count_outbox_pending",
+            "SELECT count(*) AS n FROM webhook_outbox WHERE delivered_at IS NULL",
+        )
+        return int(row["n"]) if row else 0
+
+    async def _lease_due(self) -> list[Row]:
+        return await self._db.fetchall(
+            "lease_outbox",
+            """
+            UPDATE webhook_outbox SET attempts = attempts + 1,
+                next_attempt_at = now() + make_interval(secs => %(lease)s)
+            WHERE id IN (
+                SELECT id FROM webhook_outbox
+                WHERE delivered_at IS NULL AND next_attempt_at <= now()
+                ORDER BY id LIMIT %(batch)s
+                FOR UPDATE SKIP LOCKED)
+            RETURNING id, review_id::text AS review_id, payload, trace_context, attempts
+            """,
+            {"lease": LEASE_SECONDS, "batch": BATCH},
+        )
+
+    async def _deliver(self, row: Row) -> None:
+        error = await self._post(row)
+        if error is None:
+            await self._db.execute(
+                "mark_outbox_delivered",
+                "UPDATE webhook_outbox SET delivered_at = now(), last_error = NULL WHERE id = %s",
+                (row["id"],),
+            )
+            self._metrics.record_webhook_delivery(result="delivered")
+            log.info("webhook_delivered", outbox_id=row["id"], review_id=row["review_id"],
+                     attempts=row["attempts"])
+            return
+        delay = self.backoff(row["attempts"])
+        await self._db.execute(
+            "reschedule_outbox",
+            "UPDATE webhook_outbox SET next_attempt_at = now() + make_interval(secs => %s),"
+            " last_error = %s WHERE id = %s",
+            (delay, error[:500], row["id"]),
+        )
+        self._metrics.record_webhook_delivery(result="failed")
+        log.warning("webhook_delivery_failed", outbox_id=row["id"], review_id=row["review_id"],
+                    attempts=row["attempts"], retry_in_seconds=round(delay, 2), error=error)
+
+    async def _post(self, row: Row) -> str | None:
+        """None on success, else what went wrong."""
+        carrier: dict[str, Any] = row["trace_context"] or {}
+        headers = {"X-Hitl-Delivery-Id": str(row["id"]), "Idempotency-Key": f"outbox-{row['id']}"}
+        with continue_trace(self._app, carrier, "webhook deliver"):
+            try:
+                timeout = aiohttp.ClientTimeout(total=self.policy.timeout_seconds)
+                async with self._session.post(
+                    self.policy.url, json=row["payload"], headers=headers, timeout=timeout
+                ) as response:
+                    await response.read()
+                    if 200 <= response.status < 300:
+                        return None
+                    return f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return f"{type(exc).__name__}: {exc}"[:300]
+
+    def backoff(self, attempts: int) -> float:
+        ceiling = min(
+            self.policy.max_backoff_seconds,
+            self.policy.base_backoff_seconds * 2 ** max(attempts - 1, 0),
+        )
+        # "Equal jitter": at least half the backoff, so a dead downstream is not hammered,
+        # yet many rows failing together spread their retries apart.
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - not cryptographic

@@ -1,0 +1,276 @@
+"""SQL for reviews, decisions, validation results and the webhook outbox."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg2.extras
+
+from ..domain.models import Decision, Status
+from ..domain.validation import PatternResult
+from .db import Database, Executor, Row
+
+_REVIEW_COLUMNS = """
+    id::text AS id, apv_id, apv_code, cve_id, severity, source, package_name,
+    package_version, package_ecosystem, patch, confidence, anomaly_score, cvss_score,
+    wargaming, payload_sha256, status, created_at, decided_at
+"""
+
+
+class ReviewStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def insert_review(
+        self,
+        tx: Executor,
+        submission: dict[str, Any],
+        payload_sha256: str,
+        validation: Sequence[PatternResult],
+    ) -> Row | None:
+        """Insert a review and its validation results; None when apv_id exists."""
+        package = submission["package"]
+        row = await tx.fetchone(
+            "insert_review",
+            f"""
+            INSERT INTO reviews (id, apv_id, apv_code, cve_id, severity, source,
+                package_name, package_version, package_ecosystem, patch, confidence,
+                anomaly_score, cvss_score, wargaming, payload_sha256)
+            VALUES (%(id)s, %(apv_id)s, %(apv_code)s, %(cve_id)s, %(severity)s, %(source)s,
+                %(package_name)s, %(package_version)s, %(package_ecosystem)s, %(patch)s,
+                %(confidence)s, %(anomaly_score)s, %(cvss_score)s, %(wargaming)s,
+                %(payload_sha256)s)
+            ON CONFLICT (apv_id) DO NOTHING
+            RETURNING {_REVIEW_COLUMNS}
+            """,  # noqa: S608 - the f-string only inserts the fixed column list
+            {
+                "id": str(uuid.uuid4()),
+                "apv_id": submission["apv_id"],
+                "apv_code": submission["apv_code"],
+                "cve_id": submission["cve_id"],
+                "severity": submission["severity"],
+                "source": submission["source"],
+                "package_name": package["name"],
+                "package_version": package["version"],
+                "package_ecosystem": package["ecosystem"],
+                "patch": submission["patch"],
+                "confidence": submission["confidence"],
+                "anomaly_score": submission["anomaly_score"],
+                "cvss_score": submission.get("cvss_score"),
+                "wargaming": _jsonb(submission.get("wargaming")),
+                "payload_sha256": payload_sha256,
+            },
+        )
+        if row is None:
+            return None
+        for result in validation:
+            await tx.execute(
+                "insert_validation_result",
+                "INSERT INTO validation_results"
+                " (review_id, pattern_type, result, reason, duration_ms)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (
+                    row["id"],
+                    result.pattern_type,
+                    result.result.value,
+                    result.reason,
+                    round(result.duration_seconds * 1000, 3),
+                ),
+            )
+        return row
+
+    async def get_by_apv_id(self, apv_id: str) -> Row | None:
+        return await self.db.fetchone(
+            "select_review_by_apv",
+            f"SELECT {_REVIEW_COLUMNS} FROM reviews WHERE apv_id = %s",  # noqa: S608
+            (apv_id,),
+        )
+
+    async def get_review(self, review_id: str) -> Row | None:
+        return await self.db.fetchone(
+            "select_review",
+            f"SELECT {_REVIEW_COLUMNS} FROM reviews WHERE id = %s",  # noqa: S608
+            (review_id,),
+        )
+
+    async def validation_results(self, review_ids: Sequence[str]) -> dict[str, list[Row]]:
+        if not review_ids:
+            return {}
+        rows = await self.db.fetchall(
+            "select_validation_results",
+            "SELECT review_id::text AS review_id, pattern_type, result, reason, duration_ms"
+            " FROM validation_results WHERE review_id = ANY(%s::uuid[])"
+            " ORDER BY review_id, pattern_type",
+            (list(review_ids),),
+        )
+        grouped: dict[str, list[Row]] = {rid: [] for rid in review_ids}
+        for row in rows:
+            grouped[row.pop("review_id")].append(row)
+        return grouped
+
+    async def decisions(self, review_id: str) -> list[Row]:
+        return await self.db.fetchall(
+            "select_decisions",
+            "SELECT decision, reviewer, justification, modifications, from_status, to_status,"
+            " decided_at FROM review_decisions WHERE review_id = %s ORDER BY id",
+            (review_id,),
+        )
+
+    async def list_reviews(
+        self,
+        *,
+        status: str | None,
+        severity: str | None,
+        source: str | None,
+        cve_id: str | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[Row]:
+        # Each filter is "parameter IS NULL OR column = parameter": one fixed statement,
+        # so nothing is ever concatenated from input.
+        return await self.db.fetchall(
+            "select_reviews_page",
+            f"""
+            SELECT {_REVIEW_COLUMNS} FROM reviews
+            WHERE (%(status)s::text IS NULL OR status = %(status)s)
+              AND (%(severity)s::text IS NULL OR severity = %(severity)s)
+              AND (%(source)s::text IS NULL OR source = %(source)s)
+              AND (%(cve_id)s::text IS NULL OR cve_id = %(cve_id)s)
+              AND (%(after_ts)s::timestamptz IS NULL
+                   OR (created_at, id) < (%(after_ts)s::timestamptz, %(after_id)s::uuid))
+            ORDER BY created_at DESC, id DESC
+            LIMIT %(limit)s
+            """,  # noqa: S608
+            {
+                "status": status,
+                "severity": severity,
+                "source": source,
+                "cve_id": cve_id,
+                "after_ts": after[0] if after else None,
+                "after_id": after[1] if after else None,
+                "limit": limit,
+            },
+        )
+
+    async def apply_decision(
+        self,
+        tx: Executor,
+        review_id: str,
+        decision: Decision,
+        reviewer: str,
+        justification: str | None,
+        modifications: dict[str, Any] | None,
+    ) -> tuple[Row, Row] | None:
+        """Move the review to the decision's state if, and only if, its current state
+        allows it. The conditional UPDATE takes the row lock, so of two concurrent
+        decisions exactly one matches. Returns (review, decision) or None."""
+        allowed = [s.value for s in decision.allowed_from]
+        target = decision.target
+        review = await tx.fetchone(
+            "update_review_status",
+            f"""
+            WITH previous AS (
+                SELECT id, status FROM reviews WHERE id = %(id)s FOR UPDATE
+            )
+            UPDATE reviews r SET status = %(target)s,
+                decided_at = CASE WHEN %(final)s THEN now() ELSE NULL END
+            FROM previous
+            WHERE r.id = previous.id AND previous.status = ANY(%(allowed)s)
+            RETURNING previous.status AS from_status, {_prefixed_columns("r")}
+            """,  # noqa: S608
+            {
+                "id": review_id,
+                "target": target.value,
+                "final": target.is_final,
+                "allowed": allowed,
+            },
+        )
+        if review is None:
+            return None
+        record = await tx.fetchone(
+            "insert_decision",
+            "INSERT INTO review_decisions"
+            " (review_id, decision, reviewer, justification, modifications,"
+            "  from_status, to_status)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+            " RETURNING id, decision, reviewer, justification, modifications,"
+            "  from_status, to_status, decided_at",
+            (
+                review_id,
+                decision.value,
+                reviewer,
+                justification,
+                _jsonb(modifications),
+                review["from_status"],
+                target.value,
+            ),
+        )
+        assert record is not None
+        return review, record
+
+    async def enqueue_notification(
+        self,
+        tx: Executor,
+        review_id: str,
+        decision_id: int,
+        payload: dict[str, Any],
+        trace_context: dict[str, str],
+    ) -> None:
+        await tx.execute(
+            "insert_outbox",
+            "INSERT INTO webhook_outbox (review_id, decision_id, payload, trace_context)"
+            " VALUES (%s, %s, %s, %s)",
+            (review_id, decision_id, _jsonb(payload), _jsonb(trace_context)),
+        )
+
+    async def stats(self) -> Row:
+        row = await self.db.fetchone(
+            "select_stats",
+            """
+            SELECT
+              (SELECT coalesce(jsonb_object_agg(severity, n), '{}'::jsonb) FROM (
+                 SELECT severity, count(*) AS n FROM reviews
+                 WHERE status IN ('pending', 'escalated') GROUP BY severity) s
+              ) AS pending_by_severity,
+              (SELECT count(*) FROM reviews WHERE status = 'escalated') AS escalated,
+              (SELECT coalesce(jsonb_object_agg(decision, n), '{}'::jsonb) FROM (
+                 SELECT decision, count(*) AS n FROM review_decisions GROUP BY decision) d
+              ) AS decisions_by_type,
+              (SELECT percentile_cont(0.5) WITHIN GROUP (
+                 ORDER BY extract(epoch FROM decided_at - created_at))
+               FROM reviews WHERE decided_at IS NOT NULL) AS ttd_median,
+              (SELECT percentile_cont(0.95) WITHIN GROUP (
+                 ORDER BY extract(epoch FROM decided_at - created_at))
+               FROM reviews WHERE decided_at IS NOT NULL) AS ttd_p95,
+              (SELECT extract(epoch FROM now() - min(created_at)) FROM reviews
+               WHERE status IN ('pending', 'escalated')) AS oldest_pending_age
+            """,
+        )
+        assert row is not None
+        return row
+
+    async def ping(self) -> None:
+        await self.db.fetchone("ping", "SELECT 1")
+
+
+def _prefixed_columns(alias: str) -> str:
+    columns = [c.strip() for c in _REVIEW_COLUMNS.replace("\n", " ").split(",")]
+    out = []
+    for column in columns:
+        if column.startswith("id::text"):
+            out.append(f"{alias}.id::text AS id")
+        else:
+            out.append(f"{alias}.{column}")
+    return ", ".join(out)
+
+
+def _jsonb(value: Any) -> psycopg2.extras.Json | None:
+    return None if value is None else psycopg2.extras.Json(value, dumps=json.dumps)
+
+
+def is_open(status: str) -> bool:
+    return not Status(status).is_final

@@ -1,0 +1,138 @@
+"""Shared fixtures: a real PostgreSQL database and Redis key space per test run.
+
+Each run creates its own database (dropped at the end) and uses its own Redis key
+prefix; between tests the tables are truncated and the run's keys deleted, so tests
+never see each other's data and never touch anyone else's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiopg
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from service.app import create_app
+from service.auth import append_key, new_key
+from service.config import Settings
+from service.storage.migrate import apply_migrations, create_database, drop_database
+from telemetry import TelemetrySettings
+
+PG_BASE = os.environ.get("HITL_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
+REDIS_URL = os.environ.get("HITL_TEST_REDIS", "redis://127.0.0.1:6379/0")
+RUN_ID = uuid.uuid4().hex[:10]
+
+TABLES = "webhook_outbox, validation_results, review_decisions, reviews"
+
+
+def require_tool(name: str) -> str:
+    """Path of a command-line tool. Under CI a missing tool is a failure, not a skip:
+    the project's scripts install every tool the tests need."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (make test installs it via scripts/install-tools.sh)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    url = f"{PG_BASE}/hitl_test_{RUN_ID}"
+    asyncio.run(create_database(url))
+    asyncio.run(apply_migrations(url))
+    yield url
+    asyncio.run(drop_database(url))
+
+
+@pytest.fixture
+async def clean_state(database_url: str) -> AsyncIterator[None]:
+    """Empty tables and no cached keys of this run before each test that uses them."""
+    async with aiopg.connect(database_url) as conn, conn.cursor() as cur:
+        # The decision history is append-only by trigger; tests may still start afresh.
+        await cur.execute("ALTER TABLE review_decisions DISABLE TRIGGER USER")
+        await cur.execute(f"TRUNCATE {TABLES}")
+        await cur.execute("ALTER TABLE review_decisions ENABLE TRIGGER USER")
+    client = aioredis.from_url(REDIS_URL)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"hitl-test:{RUN_ID}:*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+    yield
+
+
+@dataclass(frozen=True)
+class Keys:
+    producer: str
+    reviewer: str
+    viewer: str
+    admin: str
+    file: Path
+
+    def auth(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {getattr(self, role)}"}
+
+
+@pytest.fixture(scope="session")
+def api_keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
+    path = tmp_path_factory.mktemp("keys") / "api-keys.json"
+    made = {}
+    for name, roles in {
+        "producer": ["producer"],
+        "reviewer": ["reviewer"],
+        "viewer": ["viewer"],
+        "admin": ["producer", "reviewer", "viewer"],
+    }.items():
+        key, entry = new_key(f"{name}-bot" if name != "admin" else "alice", roles)
+        append_key(path, entry)
+        made[name] = key
+    return Keys(file=path, **made)
+
+
+@pytest.fixture
+def settings(database_url: str, api_keys: Keys, clean_state: None) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=REDIS_URL,
+        redis_key_prefix=f"hitl-test:{RUN_ID}:",
+        api_keys_file=api_keys.file,
+        db_connect_deadline_seconds=5,
+        enable_test_routes=True,
+        webhook_base_backoff_seconds=0.05,
+        webhook_poll_seconds=0.05,
+        cache_stats_interval_seconds=0.2,
+        telemetry=TelemetrySettings(
+            service_version="test",
+            log_format="json",
+            otel_env={"OTEL_SDK_DISABLED": "true"},
+        ),
+    )
+
+
+@pytest.fixture
+def app(settings: Settings) -> web.Application:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(aiohttp_client, app: web.Application) -> TestClient:  # type: ignore[no-untyped-def]
+    return await aiohttp_client(app)
