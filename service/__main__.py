@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"hitl: {exc}")
         append_key(settings.api_keys_file, entry)
         print(key)
-        _say(f"added key '{args.name}' ({', '.join(entry['roles'])}) to {settings.api_keys_file}; "
-             "it is shown only this once")
+        _say(
+            f"added key '{args.name}' ({', '.join(entry['roles'])}) to {settings.api_keys_file}; "
+            "it is shown only this once"
+        )
 
 
 def serve(settings: Settings) -> None:
@@ -72,7 +74,11 @@ def serve(settings: Settings) -> None:
     try:
         # aiohttp's own access log is off: telemetry writes one structured line per request.
         web.run_app(
-            app, host=settings.host, port=settings.port, access_log=None, print=None,
+            app,
+            host=settings.host,
+            port=settings.port,
+            access_log=None,
+            print=None,
             shutdown_timeout=10,
         )
     except DatabaseUnreachable as exc:

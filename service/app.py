@@ -118,9 +118,7 @@ async def review_service_ctx(app: web.Application) -> AsyncIterator[None]:
         stats_cache_ttl_seconds=settings.stats_cache_ttl_seconds,
         notify_decisions=settings.decision_webhook_url is not None,
     )
-    app[REVIEWS] = ReviewService(
-        ReviewStore(app[DB]), app[CACHE], app[telemetry.METRICS], policy
-    )
+    app[REVIEWS] = ReviewService(ReviewStore(app[DB]), app[CACHE], app[telemetry.METRICS], policy)
     yield
 
 
@@ -169,9 +167,8 @@ async def cache_evictions_ctx(app: web.Application) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(interval)
             now = await cache.eviction_counters()
-            if now is not None and last is not None and now >= last:
-                if now > last:
-                    metrics.record_cache_evictions(now - last)
+            if now is not None and last is not None and now >= last and now > last:
+                metrics.record_cache_evictions(now - last)
             last = now if now is not None else last
 
     task = asyncio.create_task(poll(), name="hitl-cache-evictions")

@@ -88,7 +88,9 @@ class Settings:
             stats_cache_ttl_seconds=reader.get(
                 "HITL_STATS_CACHE_TTL_SECONDS", _positive_int, defaults.stats_cache_ttl_seconds
             ),
-            max_body_bytes=reader.get("HITL_MAX_BODY_BYTES", _positive_int, defaults.max_body_bytes),
+            max_body_bytes=reader.get(
+                "HITL_MAX_BODY_BYTES", _positive_int, defaults.max_body_bytes
+            ),
             anomaly_threshold=reader.get(
                 "HITL_ANOMALY_THRESHOLD", _unit_interval, defaults.anomaly_threshold
             ),

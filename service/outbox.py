@@ -112,8 +112,12 @@ class OutboxWorker:
                 (row["id"],),
             )
             self._metrics.record_webhook_delivery(result="delivered")
-            log.info("webhook_delivered", outbox_id=row["id"], review_id=row["review_id"],
-                     attempts=row["attempts"])
+            log.info(
+                "webhook_delivered",
+                outbox_id=row["id"],
+                review_id=row["review_id"],
+                attempts=row["attempts"],
+            )
             return
         delay = self.backoff(row["attempts"])
         await self._db.execute(
@@ -123,8 +127,14 @@ class OutboxWorker:
             (delay, error[:500], row["id"]),
         )
         self._metrics.record_webhook_delivery(result="failed")
-        log.warning("webhook_delivery_failed", outbox_id=row["id"], review_id=row["review_id"],
-                    attempts=row["attempts"], retry_in_seconds=round(delay, 2), error=error)
+        log.warning(
+            "webhook_delivery_failed",
+            outbox_id=row["id"],
+            review_id=row["review_id"],
+            attempts=row["attempts"],
+            retry_in_seconds=round(delay, 2),
+            error=error,
+        )
 
     async def _post(self, row: Row) -> str | None:
         """None on success, else what went wrong."""

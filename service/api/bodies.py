@@ -32,7 +32,9 @@ async def read_json(request: web.Request) -> Any:
         ) from None
 
 
-def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    data: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         text=json.dumps(data, separators=(",", ":")),
         status=status,

@@ -56,8 +56,12 @@ EXAMPLE_REVIEW = {
     "created_at": "2025-10-13T12:00:00Z",
     "decided_at": None,
     "validation": [
-        {"pattern_type": "cve_format", "result": "valid", "reason": "well-formed CVE identifier",
-         "duration_ms": 0.01},
+        {
+            "pattern_type": "cve_format",
+            "result": "valid",
+            "reason": "well-formed CVE identifier",
+            "duration_ms": 0.01,
+        },
     ],
     "decisions": [],
 }
@@ -68,7 +72,12 @@ EXAMPLE_PROBLEM = {
     "status": 422,
     "detail": "The request body does not match the schema; see errors.",
     "instance": "/api/reviews",
-    "errors": [{"field": "/severity", "message": "'urgent' is not one of ['critical', 'high', 'medium', 'low']"}],
+    "errors": [
+        {
+            "field": "/severity",
+            "message": "'urgent' is not one of ['critical', 'high', 'medium', 'low']",
+        }
+    ],
 }
 
 
@@ -100,19 +109,28 @@ BODY_ERRORS = {
     "415": _problem("Content-Type is not application/json"),
     "422": {
         "description": "Schema violation, with per-field errors",
-        "content": {"application/problem+json": {"schema": _ref("Problem"), "example": EXAMPLE_PROBLEM}},
+        "content": {
+            "application/problem+json": {"schema": _ref("Problem"), "example": EXAMPLE_PROBLEM}
+        },
     },
 }
-SECURED = [{"apiKey": []}]
+SECURED: list[dict[str, list[str]]] = [{"apiKey": []}]
 REVIEW_ID = {
-    "name": "review_id", "in": "path", "required": True,
+    "name": "review_id",
+    "in": "path",
+    "required": True,
     "schema": {"type": "string", "format": "uuid"},
 }
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema,
-            "description": description}
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
 
 
 PATHS: dict[str, dict[str, Any]] = {
@@ -121,14 +139,23 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "submit_review",
             "summary": "Submit an APV for human review (role: producer)",
             "security": SECURED,
-            "requestBody": {"required": True, "content": _json(_ref("ApvSubmission"), EXAMPLE_SUBMISSION)},
+            "requestBody": {
+                "required": True,
+                "content": _json(_ref("ApvSubmission"), EXAMPLE_SUBMISSION),
+            },
             "responses": {
-                "201": {"description": "Created", "headers": {"Location": {"schema": {"type": "string"}}},
-                        "content": _json(_ref("Review"), EXAMPLE_REVIEW)},
-                "200": {"description": "Same apv_id and identical payload: the existing review",
-                        "content": _json(_ref("Review"))},
+                "201": {
+                    "description": "Created",
+                    "headers": {"Location": {"schema": {"type": "string"}}},
+                    "content": _json(_ref("Review"), EXAMPLE_REVIEW),
+                },
+                "200": {
+                    "description": "Same apv_id and identical payload: the existing review",
+                    "content": _json(_ref("Review")),
+                },
                 "409": _problem("Same apv_id with a different payload"),
-                **AUTH_ERRORS, **BODY_ERRORS,
+                **AUTH_ERRORS,
+                **BODY_ERRORS,
             },
         },
         "get": {
@@ -140,12 +167,20 @@ PATHS: dict[str, dict[str, Any]] = {
                 _query("severity", {"enum": schemas.SEVERITIES}, "Only this severity"),
                 _query("source", {"type": "string"}, "Only from this producer"),
                 _query("cve_id", {"type": "string"}, "Only this CVE"),
-                _query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "Page size"),
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                    "Page size",
+                ),
                 _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
             ],
             "responses": {
-                "200": {"description": "A page", "content": _json(_ref("ReviewPage"),
-                                                                   {"items": [EXAMPLE_REVIEW], "next_cursor": None})},
+                "200": {
+                    "description": "A page",
+                    "content": _json(
+                        _ref("ReviewPage"), {"items": [EXAMPLE_REVIEW], "next_cursor": None}
+                    ),
+                },
                 "422": _problem("Bad filter, limit or cursor"),
                 **AUTH_ERRORS,
             },
@@ -156,13 +191,32 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "review_stats",
             "summary": "Queue statistics (role: viewer)",
             "security": SECURED,
-            "responses": {"200": {"description": "Statistics", "content": _json(_ref("Stats"), {
-                "pending_by_severity": {"critical": 1, "high": 4, "medium": 2, "low": 0},
-                "escalated": 1,
-                "decisions_by_type": {"approve": 10, "reject": 2, "modify": 1, "escalate": 1},
-                "time_to_decision_seconds": {"median": 420.0, "p95": 3600.0},
-                "oldest_pending_age_seconds": 7200.0,
-            })}, **AUTH_ERRORS},
+            "responses": {
+                "200": {
+                    "description": "Statistics",
+                    "content": _json(
+                        _ref("Stats"),
+                        {
+                            "pending_by_severity": {
+                                "critical": 1,
+                                "high": 4,
+                                "medium": 2,
+                                "low": 0,
+                            },
+                            "escalated": 1,
+                            "decisions_by_type": {
+                                "approve": 10,
+                                "reject": 2,
+                                "modify": 1,
+                                "escalate": 1,
+                            },
+                            "time_to_decision_seconds": {"median": 420.0, "p95": 3600.0},
+                            "oldest_pending_age_seconds": 7200.0,
+                        },
+                    ),
+                },
+                **AUTH_ERRORS,
+            },
         },
     },
     "/api/reviews/{review_id}": {
@@ -172,7 +226,10 @@ PATHS: dict[str, dict[str, Any]] = {
             "security": SECURED,
             "parameters": [REVIEW_ID],
             "responses": {
-                "200": {"description": "The review", "content": _json(_ref("Review"), EXAMPLE_REVIEW)},
+                "200": {
+                    "description": "The review",
+                    "content": _json(_ref("Review"), EXAMPLE_REVIEW),
+                },
                 "404": _problem("No such review"),
                 **AUTH_ERRORS,
             },
@@ -181,18 +238,24 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/reviews/{review_id}/decision": {
         "post": {
             "operationId": "decide_review",
-            "summary": "Approve, reject, modify or escalate (role: reviewer; reviewer = the key's name)",
+            "summary": "Approve, reject, modify or escalate (role: reviewer; reviewer = key name)",
             "security": SECURED,
             "parameters": [REVIEW_ID],
-            "requestBody": {"required": True, "content": {"application/json": {
-                "schema": _ref("DecisionRequest"),
-                "examples": {k: {"value": v} for k, v in EXAMPLE_DECISIONS.items()},
-            }}},
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": _ref("DecisionRequest"),
+                        "examples": {k: {"value": v} for k, v in EXAMPLE_DECISIONS.items()},
+                    }
+                },
+            },
             "responses": {
                 "200": {"description": "The updated review", "content": _json(_ref("Review"))},
                 "404": _problem("No such review"),
                 "409": _problem("The review is already final (or already escalated)"),
-                **AUTH_ERRORS, **BODY_ERRORS,
+                **AUTH_ERRORS,
+                **BODY_ERRORS,
             },
         },
     },
@@ -201,14 +264,30 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "validate_apv",
             "summary": "Run the APV validation patterns without storing anything (role: producer)",
             "security": SECURED,
-            "requestBody": {"required": True, "content": _json(_ref("ApvValidationRequest"), EXAMPLE_SUBMISSION)},
+            "requestBody": {
+                "required": True,
+                "content": _json(_ref("ApvValidationRequest"), EXAMPLE_SUBMISSION),
+            },
             "responses": {
-                "200": {"description": "One result per pattern", "content": _json(_ref("ValidationReport"), {
-                    "valid": True,
-                    "results": [{"pattern_type": "cve_format", "result": "valid",
-                                 "reason": "well-formed CVE identifier", "duration_ms": 0.01}],
-                })},
-                **AUTH_ERRORS, **BODY_ERRORS,
+                "200": {
+                    "description": "One result per pattern",
+                    "content": _json(
+                        _ref("ValidationReport"),
+                        {
+                            "valid": True,
+                            "results": [
+                                {
+                                    "pattern_type": "cve_format",
+                                    "result": "valid",
+                                    "reason": "well-formed CVE identifier",
+                                    "duration_ms": 0.01,
+                                }
+                            ],
+                        },
+                    ),
+                },
+                **AUTH_ERRORS,
+                **BODY_ERRORS,
             },
         },
     },
@@ -216,7 +295,9 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "operationId": "health",
             "summary": "Liveness (no I/O, no key)",
-            "responses": {"200": {"description": "Alive", "content": _json(_ref("Health"), {"status": "ok"})}},
+            "responses": {
+                "200": {"description": "Alive", "content": _json(_ref("Health"), {"status": "ok"})}
+            },
         },
     },
     "/api/health/ready": {
@@ -224,10 +305,26 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "ready",
             "summary": "Readiness: PostgreSQL required, Redis optional (no key)",
             "responses": {
-                "200": {"description": "Ready or degraded (Redis down)", "content": _json(_ref("Health"), {
-                    "status": "degraded", "checks": {"postgres": "ok", "redis": "unavailable"}})},
-                "503": {"description": "PostgreSQL unreachable", "content": _json(_ref("Health"), {
-                    "status": "unavailable", "checks": {"postgres": "unavailable", "redis": "ok"}})},
+                "200": {
+                    "description": "Ready or degraded (Redis down)",
+                    "content": _json(
+                        _ref("Health"),
+                        {
+                            "status": "degraded",
+                            "checks": {"postgres": "ok", "redis": "unavailable"},
+                        },
+                    ),
+                },
+                "503": {
+                    "description": "PostgreSQL unreachable",
+                    "content": _json(
+                        _ref("Health"),
+                        {
+                            "status": "unavailable",
+                            "checks": {"postgres": "unavailable", "redis": "ok"},
+                        },
+                    ),
+                },
             },
         },
     },
@@ -235,14 +332,21 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "operationId": "openapi",
             "summary": "This document",
-            "responses": {"200": {"description": "OpenAPI 3.1", "content": _json({"type": "object"})}},
+            "responses": {
+                "200": {"description": "OpenAPI 3.1", "content": _json({"type": "object"})}
+            },
         },
     },
     "/metrics": {
         "get": {
             "operationId": "metrics",
             "summary": "Prometheus metrics (text exposition format)",
-            "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            "responses": {
+                "200": {
+                    "description": "Metrics",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
         },
     },
 }
@@ -268,13 +372,18 @@ def build_document(*, include_test_routes: bool = False) -> dict[str, Any]:
             "title": "hitl — human review of APVs",
             "version": __version__,
             "description": "Humans review APVs (a CVE, the affected component and a proposed "
-                           "patch) and approve, reject, modify or escalate them.",
+            "patch) and approve, reject, modify or escalate them.",
         },
         "servers": [{"url": "/"}],
         "paths": paths,
         "components": {
-            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer",
-                                           "description": "hitl_<id>_<secret> API key"}},
+            "securitySchemes": {
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "hitl_<id>_<secret> API key",
+                }
+            },
             "schemas": {
                 "ApvSubmission": schemas.APV_SUBMISSION,
                 "ApvValidationRequest": schemas.APV_VALIDATION_REQUEST,

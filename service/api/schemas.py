@@ -48,8 +48,15 @@ APV_SUBMISSION = {
     "type": "object",
     "additionalProperties": False,
     "required": [
-        "apv_id", "apv_code", "cve_id", "severity", "source",
-        "package", "patch", "confidence", "anomaly_score",
+        "apv_id",
+        "apv_code",
+        "cve_id",
+        "severity",
+        "source",
+        "package",
+        "patch",
+        "confidence",
+        "anomaly_score",
     ],
     "properties": {
         "apv_id": _text(200, description="Producer's id for this APV; the idempotency key"),
@@ -71,7 +78,8 @@ APV_SUBMISSION = {
 APV_VALIDATION_REQUEST = {
     "type": "object",
     "properties": {
-        key: value for key, value in APV_SUBMISSION["properties"].items()  # type: ignore[attr-defined]
+        key: value
+        for key, value in APV_SUBMISSION["properties"].items()  # type: ignore[attr-defined]
     },
 }
 
@@ -128,8 +136,20 @@ DECISION_RECORD = {
 REVIEW = {
     "type": "object",
     "required": [
-        "id", "apv_id", "apv_code", "cve_id", "severity", "source", "package", "patch",
-        "confidence", "anomaly_score", "status", "created_at", "decided_at", "validation",
+        "id",
+        "apv_id",
+        "apv_code",
+        "cve_id",
+        "severity",
+        "source",
+        "package",
+        "patch",
+        "confidence",
+        "anomaly_score",
+        "status",
+        "created_at",
+        "decided_at",
+        "validation",
     ],
     "properties": {
         "id": {"type": "string", "format": "uuid"},
@@ -164,8 +184,11 @@ REVIEW_PAGE = {
 STATS = {
     "type": "object",
     "required": [
-        "pending_by_severity", "escalated", "decisions_by_type",
-        "time_to_decision_seconds", "oldest_pending_age_seconds",
+        "pending_by_severity",
+        "escalated",
+        "decisions_by_type",
+        "time_to_decision_seconds",
+        "oldest_pending_age_seconds",
     ],
     "properties": {
         "pending_by_severity": {

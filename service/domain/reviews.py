@@ -112,8 +112,12 @@ class ReviewService:
     ) -> tuple[list[dict[str, Any]], str | None]:
         after = decode_cursor(cursor) if cursor else None
         rows = await self.store.list_reviews(
-            status=status, severity=severity, source=source, cve_id=cve_id,
-            after=after, limit=limit + 1,
+            status=status,
+            severity=severity,
+            source=source,
+            cve_id=cve_id,
+            after=after,
+            limit=limit + 1,
         )
         page, more = rows[:limit], len(rows) > limit
         validation = await self.store.validation_results([r["id"] for r in page])
@@ -231,9 +235,7 @@ def review_json(
         "validation": [dict(v) for v in validation],
     }
     if decisions is not None:
-        review["decisions"] = [
-            {**d, "decided_at": _iso(d["decided_at"])} for d in decisions
-        ]
+        review["decisions"] = [{**d, "decided_at": _iso(d["decided_at"])} for d in decisions]
         for d in review["decisions"]:
             d.pop("id", None)
     return review

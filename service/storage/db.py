@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiopg
 import psycopg2
@@ -55,9 +56,11 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def _cursor(self) -> AsyncIterator[aiopg.Cursor]:
-        async with self.pool.acquire() as conn:
-            async with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-                yield cur
+        async with (
+            self.pool.acquire() as conn,
+            conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
+        ):
+            yield cur
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Executor]:
@@ -107,7 +110,7 @@ async def open_pool(
     *,
     minsize: int,
     maxsize: int,
-    timeout: float,
+    timeout: float,  # noqa: ASYNC109 - aiopg's per-operation timeout, passed through
     deadline_seconds: float,
 ) -> aiopg.Pool:
     """Open the pool, retrying with exponential backoff until ``deadline_seconds``
@@ -119,7 +122,7 @@ async def open_pool(
         attempt += 1
         try:
             return await factory(dsn, minsize=minsize, maxsize=maxsize, timeout=timeout)
-        except (psycopg2.OperationalError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, psycopg2.OperationalError, OSError) as exc:
             elapsed = time.monotonic() - started
             if elapsed + delay > deadline_seconds:
                 raise DatabaseUnreachable(dsn, attempt, elapsed, exc) from exc
@@ -145,8 +148,6 @@ class DatabaseUnreachable(RuntimeError):
 
 def redact_dsn(dsn: str) -> str:
     """The DSN without its password, for messages and logs."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(dsn)
     if parts.password is None:
         return dsn
