@@ -10,7 +10,12 @@ import asyncio
 import sys
 from pathlib import Path
 
+import structlog
 from aiohttp import web
+
+from telemetry.logging import configure_logging
+
+from . import __version__
 
 from .auth import ROLES, KeyFileError, append_key, new_key
 from .config import Settings, SettingsError
@@ -18,6 +23,8 @@ from .storage.db import DatabaseUnreachable, redact_dsn
 from .storage.migrate import apply_migrations, create_database
 
 DEV_KEY_NAME = "local-dev"
+
+log = structlog.get_logger("hitl.main")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings.from_env()
     except SettingsError as exc:
         sys.exit(f"hitl: configuration error: {exc}")
+    configure_logging(settings.telemetry)
 
     command = args.command or "serve"
     if command == "serve":
@@ -71,6 +79,11 @@ def serve(settings: Settings) -> None:
         app = create_app(settings)
     except KeyFileError as exc:
         sys.exit(f"hitl: {exc}")
+
+    async def announce(app: web.Application) -> None:
+        log.info("serving", host=settings.host, port=settings.port, version=__version__)
+
+    app.on_startup.append(announce)
     try:
         # aiohttp's own access log is off: telemetry writes one structured line per request.
         web.run_app(
