@@ -16,7 +16,6 @@ from aiohttp import web
 from telemetry.logging import configure_logging
 
 from . import __version__
-
 from .auth import ROLES, KeyFileError, append_key, new_key
 from .config import Settings, SettingsError
 from .storage.db import DatabaseUnreachable, redact_dsn
