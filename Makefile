@@ -9,7 +9,7 @@ HITL_PORT ?= 8000
 HITL_API_KEYS_FILE ?= $(CURDIR)/.local/api-keys.json
 export HITL_HOST HITL_PORT HITL_API_KEYS_FILE
 
-.PHONY: run test bench stack rules lint typecheck tools services clean
+.PHONY: run test stack rules lint typecheck tools services clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,10 +43,6 @@ rules: $(VENV)/.installed
 ## Prometheus, Alertmanager and exporters as plain processes on loopback (no Docker).
 stack: $(VENV)/.installed tools
 	bash ops/stack/run.sh
-
-## Side-by-side benchmarks, written to docs/benchmarks.md.
-bench: $(VENV)/.installed services
-	$(PY) -m bench
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check service telemetry tests
