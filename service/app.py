@@ -56,8 +56,8 @@ def create_app(settings: Settings) -> web.Application:
 
     async def collect_pool_usage() -> None:
         if DB in app:
-            active, idle = app[DB].pool_usage()
-            metrics.set_db_pool(active=active, idle=idle)
+            active, idle, maximum = app[DB].pool_usage()
+            metrics.set_db_pool(active=active, idle=idle, maximum=maximum)
 
     metrics.add_collector(collect_pool_usage)
     return app

@@ -95,10 +95,10 @@ class Database:
         async with self.connection() as ex:
             return await ex.execute(operation, sql, params)
 
-    def pool_usage(self) -> tuple[int, int]:
-        """(active, idle) connections of the pool right now."""
+    def pool_usage(self) -> tuple[int, int, int]:
+        """(active, idle, maximum) connections of the pool right now."""
         idle = self.pool.freesize
-        return self.pool.size - idle, idle
+        return self.pool.size - idle, idle, self.pool.maxsize
 
 
 PoolFactory = Callable[..., Awaitable[aiopg.Pool]]
