@@ -156,17 +156,17 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def cache_evictions_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Feed cache_evictions_total with the growth of Redis' own evicted+expired
-    counters, polled in the background (a restart of Redis resets them: skip that)."""
+    """Feed cache_evictions_total with the growth of Redis' evicted_keys, polled in
+    the background (a restart of Redis resets it: that drop is skipped)."""
     cache = app[CACHE]
     metrics = app[telemetry.METRICS]
     interval = app[SETTINGS].cache_stats_interval_seconds
 
     async def poll() -> None:
-        last = await cache.eviction_counters()
+        last = await cache.evicted_keys()
         while True:
             await asyncio.sleep(interval)
-            now = await cache.eviction_counters()
+            now = await cache.evicted_keys()
             if now is not None and last is not None and now >= last and now > last:
                 metrics.record_cache_evictions(now - last)
             last = now if now is not None else last

@@ -56,14 +56,14 @@ class Cache:
         except _REDIS_FAILURES:
             return False
 
-    async def eviction_counters(self) -> int | None:
-        """Keys Redis dropped on its own (evicted under memory pressure + expired by
-        TTL) since it started; None when Redis cannot be asked."""
+    async def evicted_keys(self) -> int | None:
+        """Keys Redis evicted under memory pressure since it started (INFO stats
+        evicted_keys); None when Redis cannot be asked. TTL expiry is not an eviction."""
         try:
             stats = await self.client.info("stats")
         except _REDIS_FAILURES:
             return None
-        return int(stats.get("evicted_keys", 0)) + int(stats.get("expired_keys", 0))
+        return int(stats.get("evicted_keys", 0))
 
     @contextlib.asynccontextmanager
     async def _guard(self, operation: str) -> AsyncIterator[None]:

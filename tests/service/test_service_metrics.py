@@ -231,21 +231,30 @@ async def throwaway_redis() -> AsyncIterator[str]:
         proc.wait()
 
 
-async def test_cache_evictions_follow_redis_expiries(
+async def test_cache_evictions_follow_redis_evictions(
     aiohttp_client: Any, settings: Settings, throwaway_redis: str
 ) -> None:
-    """cache_evictions_total grows by exactly the keys Redis expired on its own."""
+    """cache_evictions_total grows by exactly the keys Redis evicted under maxmemory,
+    and TTL expiry does not count."""
     client = await aiohttp_client(create_app(settings.with_changes(redis_url=throwaway_redis)))
-    await asyncio.sleep(0.3)  # let the poller read its baseline
     redis = aioredis.from_url(throwaway_redis)
     try:
+        await redis.config_set("maxmemory", "2mb")
+        await redis.config_set("maxmemory-policy", "allkeys-lru")
+        await asyncio.sleep(0.3)  # let the poller read its baseline
         for i in range(3):
-            await redis.set(f"hitl-test:expiring:{i}", "x", px=50)
+            await redis.set(f"hitl-test:expiring:{i}", "x", px=20)
+        for i in range(60):
+            await redis.set(f"hitl-test:big:{i}", "x" * 100_000)
+        evicted = int((await redis.info("stats"))["evicted_keys"])
+        assert evicted > 0
         for _ in range(60):
             m = await scrape(client)
-            if m.value("cache_evictions_total") >= 3:
+            if m.value("cache_evictions_total") >= evicted:
                 break
             await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # expiries, if wrongly counted, would show by now
+        m = await scrape(client)
     finally:
         await redis.aclose()
-    assert m.value("cache_evictions_total") == 3
+    assert m.value("cache_evictions_total") == evicted
