@@ -1,9 +1,136 @@
-"""STUB — replaced by the tracing/logging helper (request id, contextvars)."""
+"""Per-request context: request id, structlog contextvars, the access log line.
+
+The middleware runs just inside the tracing middleware, so the server span is
+current for everything it does — including the access log line it writes at the
+end, which therefore carries the request's ``trace_id``/``span_id``.
+
+aiohttp's own access logger would write a second, differently shaped line per
+request: run the app with ``web.run_app(app, access_log=None)``.
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
+import asyncio
+import re
+import time
+import uuid
+from typing import Final
+
+import structlog
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler, Middleware
+
+from .keys import REQUEST_ID
+from .middleware import REQUEST_DURATION, request_body_size, response_body_size, route_template
+from .tracing import SERVER_SPAN, traceparent_header
+
+__all__ = [
+    "REQUEST_ID_HEADER",
+    "access_log_middleware",
+    "request_id_for",
+    "setup_request_context",
+]
+
+REQUEST_ID_HEADER: Final = "X-Request-ID"
+# Accept a caller's id only if it is short and log-safe (no spaces, quotes, newlines).
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# nginx's "client closed request": the handler was cancelled before it answered.
+_CLIENT_CLOSED_REQUEST: Final = 499
+
+access_log = structlog.get_logger("hitl.access")
+
+
+def request_id_for(request: web.BaseRequest) -> str:
+    """The caller's ``X-Request-ID`` when it is valid, else a fresh uuid4 hex."""
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    if _VALID_REQUEST_ID.fullmatch(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+class _BodyBytes:
+    """Counts response body bytes, chained onto the writer's ``on_body_write`` hook.
+
+    Needed only for responses the handler streams itself; the metrics middleware
+    keeps its own counter (it is private to that module).
+    """
+
+    __slots__ = ("_chained", "count")
+
+    def __init__(self, writer: object) -> None:
+        self.count = 0
+        self._chained = getattr(writer, "on_body_write", None)
+
+    def __call__(self, body_size: int, output_size: int) -> None:
+        self.count += body_size
+        if self._chained is not None:
+            self._chained(body_size, output_size)
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, web.HTTPException):
+        return exc.status
+    if isinstance(exc, asyncio.CancelledError):
+        return _CLIENT_CLOSED_REQUEST
+    return 500
+
+
+def access_log_middleware() -> Middleware:
+    """Bind request_id for the request's logs; write one access line at the end."""
+
+    @web.middleware
+    async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = request_id_for(request)
+        request[REQUEST_ID] = request_id
+        # aiohttp runs each request in its own task (a copy of the context), but a
+        # keep-alive connection reuses it: start clean, end clean.
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        body = _BodyBytes(request.writer)
+        request.writer.on_body_write = body
+        response: web.StreamResponse | None = None
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except BaseException as exc:
+            status = _status_of(exc)
+            if isinstance(exc, web.HTTPException):
+                response = exc
+            raise
+        finally:
+            duration = request.get(REQUEST_DURATION)
+            if duration is None:  # metrics middleware absent or bypassed
+                duration = time.perf_counter() - started
+            access_log.info(
+                "request",
+                method=request.method,
+                route=route_template(request),
+                path=request.path,
+                status=status,
+                duration_ms=round(duration * 1000, 3),
+                request_bytes=request_body_size(request),
+                response_bytes=0 if response is None else response_body_size(response, body.count),
+                client=request.remote,
+                user_agent=request.headers.get(hdrs.USER_AGENT),
+            )
+            structlog.contextvars.clear_contextvars()
+
+    return request_context
+
+
+async def _add_correlation_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response names its request id and (when traced) its server span."""
+    request_id = request.get(REQUEST_ID)
+    if request_id:
+        response.headers[REQUEST_ID_HEADER] = request_id
+    span = request.get(SERVER_SPAN)
+    if span is not None and (traceparent := traceparent_header(span)) is not None:
+        response.headers["traceparent"] = traceparent
 
 
 def setup_request_context(app: web.Application) -> None:
-    return None
+    app.middlewares.append(access_log_middleware())
+    app.on_response_prepare.append(_add_correlation_headers)
