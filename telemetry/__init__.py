@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .context import setup_request_context
 from .errors import setup_errors
 from .keys import METRICS, SETTINGS
 from .logging import configure_logging
 from .metrics import Metrics
 from .middleware import setup_metrics
-from .context import setup_request_context
 from .problems import Problem, ProblemMapper, problem_response
 from .settings import TelemetrySettings, TelemetrySettingsError
 from .tracing import setup_tracing

@@ -39,9 +39,7 @@ _HTTP_TITLES = {
 
 def _problem_from_http_exception(exc: web.HTTPException) -> Problem:
     headers = {
-        k: v
-        for k, v in exc.headers.items()
-        if k.lower() not in {"content-type", "content-length"}
+        k: v for k, v in exc.headers.items() if k.lower() not in {"content-type", "content-length"}
     }
     detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else None
     return Problem(

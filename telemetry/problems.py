@@ -49,7 +49,9 @@ class Problem:
 ProblemMapper = Callable[[BaseException], "Problem | None"]
 
 
-def problem_response(problem: Problem, *, instance: str | None = None, **extra: Any) -> web.Response:
+def problem_response(
+    problem: Problem, *, instance: str | None = None, **extra: Any
+) -> web.Response:
     body = problem.body(instance)
     body.update(extra)
     return web.Response(

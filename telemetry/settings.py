@@ -13,13 +13,20 @@ class TelemetrySettingsError(ValueError):
     """A telemetry environment variable has a value of the wrong form."""
 
 
+def _default_instance_id() -> str:
+    # Unique per process, readable per host: service.instance.id of the spans.
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
 @dataclass(frozen=True, slots=True)
 class TelemetrySettings:
     service_name: str = "hitl-api"
     service_version: str = "0.0.0"
     build_commit: str = "unknown"
     environment: str = "development"
-    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
+    instance_id: str = field(
+        default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    )
     # SLO: a request is "latency-good" when it completes within this many seconds.
     slo_latency_threshold_seconds: float = 0.5
     # Requests whose route template starts with one of these never count toward SLOs
@@ -51,7 +58,8 @@ class TelemetrySettings:
                 threshold = -1.0
             if not threshold > 0:
                 raise TelemetrySettingsError(
-                    f"HITL_SLO_LATENCY_SECONDS={raw!r}: expected a positive number of seconds, e.g. 0.5"
+                    f"HITL_SLO_LATENCY_SECONDS={raw!r}: "
+                    "expected a positive number of seconds, e.g. 0.5"
                 )
             values["slo_latency_threshold_seconds"] = threshold
         if "HITL_LOG_LEVEL" in env:

@@ -28,6 +28,9 @@ from service.config import Settings
 from service.storage.migrate import apply_migrations, create_database, drop_database
 from telemetry import TelemetrySettings
 
+# Fixtures shared by several test packages, registered once here.
+pytest_plugins = ["tests.service.downstream"]
+
 PG_BASE = os.environ.get("HITL_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("HITL_TEST_REDIS", "redis://127.0.0.1:6379/0")
 RUN_ID = uuid.uuid4().hex[:10]

@@ -98,7 +98,7 @@ class Database:
     def pool_usage(self) -> tuple[int, int, int]:
         """(active, idle, maximum) connections of the pool right now."""
         idle = self.pool.freesize
-        return self.pool.size - idle, idle, self.pool.maxsize
+        return self.pool.size - idle, idle, self.pool.maxsize or 0
 
 
 PoolFactory = Callable[..., Awaitable[aiopg.Pool]]

@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestServer
 from service.app import create_app
 from service.config import Settings
 from tests.conftest import Keys
-from tests.service.downstream import Downstream, downstream  # noqa: F401 - fixture
+from tests.service.downstream import Downstream
 from tests.service.helpers import submission
 
 

@@ -16,7 +16,7 @@ from telemetry import TelemetrySettings
 from telemetry.logging import reset_logging
 from tests.conftest import Keys
 from tests.otlp_receiver import OtlpHttpReceiver, ReceivedSpan
-from tests.service.downstream import Downstream, downstream  # noqa: F401 - fixture
+from tests.service.downstream import Downstream
 from tests.service.helpers import submission
 
 
@@ -61,7 +61,7 @@ async def test_decision_is_one_trace_from_http_to_webhook(
     aiohttp_client: Any,
     settings: Settings,
     api_keys: Keys,
-    downstream: tuple[Downstream, TestServer],  # noqa: F811 - fixture
+    downstream: tuple[Downstream, TestServer],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Submitting and deciding a review exports a server span per request with

@@ -409,7 +409,7 @@ async def test_promtool_finds_only_the_seed_naming_deviation(aiohttp_client, met
         await client.get(path)
 
     exposition = await scrape(client)
-    result = subprocess.run(  # noqa: ASYNC221 - a short lint run; the test owns the loop
+    result = subprocess.run(
         [promtool, "check", "metrics"],
         input=exposition.text.encode(),
         capture_output=True,
