@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -17,6 +15,7 @@ from telemetry.tracing import client_trace_configs, create_aiopg_pool, instrumen
 from .api import apv, health, openapi, reviews, testing
 from .api.problems import problem_for
 from .auth import ApiKeys
+from .background import Stopping, background
 from .config import Settings
 from .domain.reviews import ReviewPolicy, ReviewService
 from .keys import API_KEYS, CACHE, DB, HTTP_CLIENT, OUTBOX, REVIEWS, SETTINGS
@@ -148,11 +147,8 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics.set_outbox_depth(await worker.pending_count())
 
     metrics.add_collector(collect_outbox_depth)
-    task = asyncio.create_task(worker.run(), name="hitl-outbox")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with background("hitl-outbox", worker.run):
+        yield
 
 
 async def cache_evictions_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -162,17 +158,14 @@ async def cache_evictions_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = app[telemetry.METRICS]
     interval = app[SETTINGS].cache_stats_interval_seconds
 
-    async def poll() -> None:
+    async def poll(stopping: Stopping) -> None:
         last = await cache.evicted_keys()
-        while True:
-            await asyncio.sleep(interval)
+        while not stopping.is_set:
+            await stopping.sleep(interval)
             now = await cache.evicted_keys()
-            if now is not None and last is not None and now >= last and now > last:
+            if now is not None and last is not None and now > last:
                 metrics.record_cache_evictions(now - last)
             last = now if now is not None else last
 
-    task = asyncio.create_task(poll(), name="hitl-cache-evictions")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with background("hitl-cache-evictions", poll):
+        yield

@@ -22,6 +22,7 @@ from aiohttp import web
 from telemetry import Metrics
 from telemetry.tracing import continue_trace
 
+from .background import Stopping
 from .storage.db import Database, Row
 
 log = structlog.get_logger("hitl.outbox")
@@ -59,12 +60,10 @@ class OutboxWorker:
         """Look for due rows now instead of at the next poll."""
         self._wakeup.set()
 
-    async def run(self) -> None:
-        while True:
+    async def run(self, stopping: Stopping) -> None:
+        while not stopping.is_set:
             try:
                 delivered_any = await self.deliver_due()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # a database hiccup must not end the worker
                 log.warning("outbox_poll_failed", error=type(exc).__name__, detail=str(exc)[:200])
                 delivered_any = False

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
 
-from ..domain.errors import BadRequest
+from ..domain.errors import BadRequest, FieldError, ValidationFailed
+
+# Integers longer than this are no identifier, score or count of ours; refusing them
+# early also keeps PostgreSQL's numeric overflow from turning into a 500.
+MAX_INTEGER_DIGITS = 30
 
 
 async def read_json(request: web.Request) -> Any:
@@ -23,13 +29,71 @@ async def read_json(request: web.Request) -> Any:
             f"the body is larger than the limit of {request.client_max_size} bytes", status=413
         ) from None
     try:
-        return json.loads(raw)
+        body = json.loads(
+            raw, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int
+        )
     except UnicodeDecodeError:
         raise BadRequest("the body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise BadRequest(
             f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("the body is not valid JSON: nested too deeply") from None
+    errors = list(unstorable_text(body))
+    if errors:
+        raise ValidationFailed(errors)
+    return body
+
+
+def storable(text: str) -> bool:
+    """False for text PostgreSQL cannot store: NUL, or lone UTF-16 surrogates."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+UNSTORABLE = "contains a character that cannot be stored (NUL or an unpaired surrogate)"
+
+
+def unstorable_text(value: Any, pointer: str = "") -> Iterator[FieldError]:
+    """Every string (value or key) in a parsed body that PostgreSQL cannot store."""
+    if isinstance(value, str):
+        if not storable(value):
+            yield FieldError(pointer or "/", UNSTORABLE)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            child = f"{pointer}/{key}"
+            if not storable(key):
+                yield FieldError(pointer or "/", f"a key {UNSTORABLE}")
+                continue
+            yield from unstorable_text(item, child)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from unstorable_text(item, f"{pointer}/{index}")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits is out of range")
+    return int(text)
 
 
 def json_response(

@@ -11,7 +11,7 @@ from ..domain.errors import FieldError, ValidationFailed
 from ..domain.models import Decision
 from ..keys import REVIEWS
 from . import schemas
-from .bodies import json_response, read_json
+from .bodies import UNSTORABLE, json_response, read_json, storable
 
 routes = web.RouteTableDef()
 
@@ -40,6 +40,9 @@ async def list_reviews(request: web.Request) -> web.Response:
     status = _choice(query, "status", schemas.STATUSES, errors)
     severity = _choice(query, "severity", schemas.SEVERITIES, errors)
     limit = _limit(query.get("limit"), errors)
+    for name in ("source", "cve_id", "cursor"):
+        if not storable(query.get(name, "")):
+            errors.append(FieldError(name, UNSTORABLE))
     if errors:
         raise ValidationFailed(errors)
     items, next_cursor = await request.app[REVIEWS].list(

@@ -265,7 +265,9 @@ def validate(validator: Draft202012Validator, instance: Any) -> None:
             name = missing.group(1) if missing else ""
             errors.append(FieldError(f"{pointer}/{name}", "is required"))
         elif error.validator == "additionalProperties":
-            errors.append(FieldError(pointer or "/", _short_message(error.message)))
+            allowed = error.schema.get("properties", {})
+            for extra in sorted(k for k in error.instance if k not in allowed):
+                errors.append(FieldError(f"{pointer}/{extra}", "is not an allowed field"))
         else:
             errors.append(FieldError(pointer or "/", _short_message(error.message)))
     if errors:

@@ -232,7 +232,8 @@ def review_json(
         "status": row["status"],
         "created_at": _iso(row["created_at"]),
         "decided_at": _iso(row["decided_at"]),
-        "validation": [dict(v) for v in validation],
+        # One order everywhere (submit, read, list): by pattern name.
+        "validation": sorted((dict(v) for v in validation), key=lambda v: v["pattern_type"]),
     }
     if decisions is not None:
         review["decisions"] = [{**d, "decided_at": _iso(d["decided_at"])} for d in decisions]
@@ -273,9 +274,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, review_id = json.loads(base64.urlsafe_b64decode(padded))
+        if not isinstance(created, str) or not isinstance(review_id, str):
+            raise TypeError("cursor fields are strings")
         uuid.UUID(review_id)
         return datetime.fromisoformat(created), review_id
-    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError):
+    except (ValueError, TypeError, binascii.Error):
         raise ValidationFailed([FieldError("cursor", "is not a cursor this API issued")]) from None
 
 
