@@ -1,0 +1,81 @@
+"""GET /api/reviews/stats: queue numbers a lead would look at, with ages made exact."""
+
+from __future__ import annotations
+
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import Keys
+from tests.service.helpers import decide, sql, submit
+
+
+async def stats(client: TestClient, keys: Keys) -> dict[str, object]:
+    resp = await client.get("/api/reviews/stats", headers=keys.auth("viewer"))
+    assert resp.status == 200, await resp.text()
+    return dict(await resp.json())
+
+
+async def test_empty_queue(client: TestClient, api_keys: Keys) -> None:
+    """No reviews: zero counts and no ages or percentiles."""
+    assert await stats(client, api_keys) == {
+        "pending_by_severity": {"critical": 0, "high": 0, "medium": 0, "low": 0},
+        "escalated": 0,
+        "decisions_by_type": {"approve": 0, "reject": 0, "modify": 0, "escalate": 0},
+        "time_to_decision_seconds": {"median": None, "p95": None},
+        "oldest_pending_age_seconds": None,
+    }
+
+
+async def test_stats_reflect_the_queue(
+    client: TestClient, api_keys: Keys, database_url: str
+) -> None:
+    """Pending by severity, decisions by type, median/p95 time to decision and the oldest
+    pending age, with created_at moved back so every number is exact."""
+    producer, reviewer = api_keys.auth("producer"), api_keys.auth("reviewer")
+    pending = [
+        await submit(client, producer, severity="critical", cvss_score=9.5),
+        await submit(client, producer, severity="critical", cvss_score=9.9),
+        await submit(client, producer, severity="medium", cvss_score=5.0),
+    ]
+    decided = [await submit(client, producer) for _ in range(5)]
+    for review, decision in zip(decided, ["approve", "approve", "reject", "modify", "approve"], strict=True):
+        assert (await decide(client, review["id"], decision, reviewer)).status == 200
+    # Time to decision of the five: 10, 20, 30, 40, 100 seconds.
+    for review, seconds in zip(decided, [10, 20, 30, 40, 100], strict=True):
+        await sql(database_url, "UPDATE reviews SET created_at = decided_at - %s * interval '1 second'"
+                  " WHERE id = %s", (seconds, review["id"]))
+    # The oldest pending review has waited an hour; the others less.
+    for review, seconds in zip(pending, [3600, 60, 120], strict=True):
+        await sql(database_url, "UPDATE reviews SET created_at = now() - %s * interval '1 second'"
+                  " WHERE id = %s", (seconds, review["id"]))
+
+    result = await stats(client, api_keys)
+    assert result["pending_by_severity"] == {"critical": 2, "high": 0, "medium": 1, "low": 0}
+    assert result["escalated"] == 0
+    assert result["decisions_by_type"] == {"approve": 3, "reject": 1, "modify": 1, "escalate": 0}
+    ttd = result["time_to_decision_seconds"]
+    assert isinstance(ttd, dict)
+    assert ttd["median"] == 30.0
+    assert ttd["p95"] == 88.0  # linear interpolation between 40 and 100 at 0.95
+    age = result["oldest_pending_age_seconds"]
+    assert isinstance(age, float) and 3600 <= age < 3630
+
+
+async def test_escalations_are_counted(client: TestClient, api_keys: Keys) -> None:
+    """An escalation counts as a decision of its type and in the escalated total, and the
+    next stats call sees it at once (the cached stats are dropped on every decision)."""
+    review = await submit(client, api_keys.auth("producer"))
+    before = await stats(client, api_keys)
+    assert before["escalated"] == 0
+    assert (await decide(client, review["id"], "escalate", api_keys.auth("reviewer"))).status == 200
+    after = await stats(client, api_keys)
+    assert after["escalated"] == 1
+    assert after["decisions_by_type"] == {"approve": 0, "reject": 0, "modify": 0, "escalate": 1}
+    assert after["time_to_decision_seconds"] == {"median": None, "p95": None}
+
+
+async def test_new_submission_shows_in_stats_at_once(client: TestClient, api_keys: Keys) -> None:
+    """Stats read, then a submission: the next stats call already counts it."""
+    await stats(client, api_keys)
+    await submit(client, api_keys.auth("producer"), severity="low", cvss_score=1.0)
+    result = await stats(client, api_keys)
+    assert result["pending_by_severity"] == {"critical": 0, "high": 0, "medium": 0, "low": 1}
