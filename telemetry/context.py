@@ -10,7 +10,6 @@ request: run the app with ``web.run_app(app, access_log=None)``.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 import uuid
@@ -21,7 +20,14 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from .keys import REQUEST_ID
-from .middleware import REQUEST_DURATION, request_body_size, response_body_size, route_template
+from .middleware import (
+    REQUEST_DURATION,
+    request_body_size,
+    response_body_size,
+    response_bytes_counter,
+    route_template,
+    status_of_exception,
+)
 from .tracing import SERVER_SPAN, traceparent_header
 
 __all__ = [
@@ -34,8 +40,6 @@ __all__ = [
 REQUEST_ID_HEADER: Final = "X-Request-ID"
 # Accept a caller's id only if it is short and log-safe (no spaces, quotes, newlines).
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# nginx's "client closed request": the handler was cancelled before it answered.
-_CLIENT_CLOSED_REQUEST: Final = 499
 
 access_log = structlog.get_logger("hitl.access")
 
@@ -46,33 +50,6 @@ def request_id_for(request: web.BaseRequest) -> str:
     if _VALID_REQUEST_ID.fullmatch(incoming):
         return incoming
     return uuid.uuid4().hex
-
-
-class _BodyBytes:
-    """Counts response body bytes, chained onto the writer's ``on_body_write`` hook.
-
-    Needed only for responses the handler streams itself; the metrics middleware
-    keeps its own counter (it is private to that module).
-    """
-
-    __slots__ = ("_chained", "count")
-
-    def __init__(self, writer: object) -> None:
-        self.count = 0
-        self._chained = getattr(writer, "on_body_write", None)
-
-    def __call__(self, body_size: int, output_size: int) -> None:
-        self.count += body_size
-        if self._chained is not None:
-            self._chained(body_size, output_size)
-
-
-def _status_of(exc: BaseException) -> int:
-    if isinstance(exc, web.HTTPException):
-        return exc.status
-    if isinstance(exc, asyncio.CancelledError):
-        return _CLIENT_CLOSED_REQUEST
-    return 500
 
 
 def access_log_middleware() -> Middleware:
@@ -87,8 +64,7 @@ def access_log_middleware() -> Middleware:
         # keep-alive connection reuses it: start clean, end clean.
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        body = _BodyBytes(request.writer)
-        request.writer.on_body_write = body
+        body = response_bytes_counter(request)
         response: web.StreamResponse | None = None
         status = 500
         try:
@@ -96,7 +72,7 @@ def access_log_middleware() -> Middleware:
             status = response.status
             return response
         except BaseException as exc:
-            status = _status_of(exc)
+            status = status_of_exception(exc)
             if isinstance(exc, web.HTTPException):
                 response = exc
             raise
@@ -112,7 +88,9 @@ def access_log_middleware() -> Middleware:
                 status=status,
                 duration_ms=round(duration * 1000, 3),
                 request_bytes=request_body_size(request),
-                response_bytes=0 if response is None else response_body_size(response, body.count),
+                response_bytes=0
+                if response is None
+                else response_body_size(response, body.count, method=request.method),
                 client=request.remote,
                 user_agent=request.headers.get(hdrs.USER_AGENT),
             )

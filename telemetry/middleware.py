@@ -28,8 +28,10 @@ __all__ = [
     "metrics_middleware",
     "request_body_size",
     "response_body_size",
+    "response_bytes_counter",
     "route_template",
     "setup_metrics",
+    "status_of_exception",
 ]
 
 log = structlog.get_logger("telemetry.middleware")
@@ -89,10 +91,31 @@ class _BodyBytesWritten:
             self._chained(body_size, output_size)
 
 
-def _count_body_bytes(writer: AbstractStreamWriter) -> _BodyBytesWritten:
-    counter = _BodyBytesWritten(writer.on_body_write)
-    writer.on_body_write = counter
+# One counter per request, shared by every middleware that reports response sizes
+# (metrics, access log): the writer hook is installed once, whoever asks first.
+RESPONSE_BODY_BYTES: Final[web.RequestKey[_BodyBytesWritten]] = web.RequestKey(
+    "telemetry_response_body_bytes", _BodyBytesWritten
+)
+
+
+def response_bytes_counter(request: web.Request) -> _BodyBytesWritten:
+    """The request's response-body byte counter, hooked onto its writer on first use."""
+    counter = request.get(RESPONSE_BODY_BYTES)
+    if counter is None:
+        writer: AbstractStreamWriter = request.writer
+        counter = _BodyBytesWritten(writer.on_body_write)
+        writer.on_body_write = counter
+        request[RESPONSE_BODY_BYTES] = counter
     return counter
+
+
+def status_of_exception(exc: BaseException) -> int:
+    """The status a client sees for an exception escaping the handler chain."""
+    if isinstance(exc, web.HTTPException):
+        return exc.status
+    if isinstance(exc, asyncio.CancelledError):
+        return CLIENT_CLOSED_REQUEST
+    return 500
 
 
 def _sends_no_body(method: str, status: int) -> bool:
@@ -127,22 +150,19 @@ def metrics_middleware(metrics: Metrics) -> Middleware:
     """
 
     @web.middleware
-    async def record_request_metrics(
-        request: web.Request, handler: Handler
-    ) -> web.StreamResponse:
+    async def record_request_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        written = _count_body_bytes(request.writer)
+        written = response_bytes_counter(request)
         response: web.StreamResponse | None = None
         status = 500
         try:
             response = await handler(request)
             status = response.status
             return response
-        except web.HTTPException as exc:
-            response, status = exc, exc.status
-            raise
-        except asyncio.CancelledError:
-            status = CLIENT_CLOSED_REQUEST
+        except BaseException as exc:
+            status = status_of_exception(exc)
+            if isinstance(exc, web.HTTPException):
+                response = exc
             raise
         finally:
             duration = time.perf_counter() - started
