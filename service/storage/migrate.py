@@ -73,11 +73,16 @@ async def apply_migrations(dsn: str) -> list[int]:
     return applied_now
 
 
+def _name_and_maintenance_dsn(dsn: str) -> tuple[str, str]:
+    """The database ``dsn`` names, and a DSN of the same server's ``postgres``
+    database, from which that one can be created or dropped."""
+    parts = urlsplit(dsn)
+    return parts.path.lstrip("/"), urlunsplit(parts._replace(path="/postgres"))
+
+
 async def create_database(dsn: str) -> bool:
     """Create the database ``dsn`` names when it does not exist; True if created."""
-    parts = urlsplit(dsn)
-    name = parts.path.lstrip("/")
-    maintenance = urlunsplit(parts._replace(path="/postgres"))
+    name, maintenance = _name_and_maintenance_dsn(dsn)
     async with aiopg.connect(maintenance) as conn, conn.cursor() as cur:
         await cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
         if await cur.fetchone():
@@ -89,9 +94,7 @@ async def create_database(dsn: str) -> bool:
 
 
 async def drop_database(dsn: str) -> None:
-    parts = urlsplit(dsn)
-    name = parts.path.lstrip("/")
-    maintenance = urlunsplit(parts._replace(path="/postgres"))
+    name, maintenance = _name_and_maintenance_dsn(dsn)
     async with aiopg.connect(maintenance) as conn, conn.cursor() as cur:
         await cur.execute(
             psycopg2.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
