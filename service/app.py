@@ -18,7 +18,7 @@ from .auth import ApiKeys
 from .background import Stopping, background
 from .config import Settings
 from .domain.reviews import ReviewPolicy, ReviewService
-from .keys import API_KEYS, CACHE, DB, HTTP_CLIENT, OUTBOX, REVIEWS, SETTINGS
+from .keys import API_KEYS, CACHE, DB, HTTP_CLIENT, REVIEWS, SETTINGS
 from .outbox import OutboxPolicy, OutboxWorker
 from .storage.cache import Cache
 from .storage.db import Database, open_pool
@@ -140,7 +140,6 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
             poll_seconds=settings.webhook_poll_seconds,
         ),
     )
-    app[OUTBOX] = worker
     app[REVIEWS].on_notification = worker.wake
 
     async def collect_outbox_depth() -> None:

@@ -129,10 +129,6 @@ class Settings:
     def with_changes(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
-    @property
-    def database_name(self) -> str:
-        return urlsplit(self.database_url).path.lstrip("/") or "postgres"
-
 
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:

@@ -11,7 +11,6 @@ if TYPE_CHECKING:
     from .auth import ApiKeys
     from .config import Settings
     from .domain.reviews import ReviewService
-    from .outbox import OutboxWorker
     from .storage.cache import Cache
     from .storage.db import Database
 
@@ -21,4 +20,3 @@ CACHE: web.AppKey[Cache] = web.AppKey("cache")
 REVIEWS: web.AppKey[ReviewService] = web.AppKey("reviews")
 API_KEYS: web.AppKey[ApiKeys] = web.AppKey("api_keys")
 HTTP_CLIENT: web.AppKey[aiohttp.ClientSession] = web.AppKey("http_client", aiohttp.ClientSession)
-OUTBOX: web.AppKey[OutboxWorker] = web.AppKey("outbox")

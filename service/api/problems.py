@@ -10,7 +10,6 @@ from ..domain.errors import (
     AlreadyDecided,
     ApvConflict,
     BadRequest,
-    DependencyUnavailable,
     Forbidden,
     ReviewNotFound,
     Unauthenticated,
@@ -84,15 +83,6 @@ def problem_for(exc: BaseException) -> Problem | None:
                 slug="forbidden",
                 detail=str(exc),
                 error_type="auth",
-            )
-        case DependencyUnavailable():
-            return Problem(
-                status=503,
-                title="Service Unavailable",
-                slug="dependency-unavailable",
-                detail=str(exc),
-                error_type=f"{exc.dependency}_unavailable",
-                severity="critical",
             )
         case psycopg2.OperationalError() | psycopg2.InterfaceError():
             # PostgreSQL is the source of truth: without it we answer 503, not 500,

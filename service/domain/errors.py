@@ -63,9 +63,3 @@ class Forbidden(DomainError):
     def __init__(self, role: str) -> None:
         super().__init__(f"this API key lacks the '{role}' role")
         self.role = role
-
-
-class DependencyUnavailable(DomainError):
-    def __init__(self, dependency: str, detail: str) -> None:
-        super().__init__(detail)
-        self.dependency = dependency

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg2.extras
 
-from ..domain.models import Decision, Status
+from ..domain.models import Decision
 from ..domain.validation import PatternResult
 from .db import Database, Executor, Row
 
@@ -270,7 +270,3 @@ def _prefixed_columns(alias: str) -> str:
 
 def _jsonb(value: Any) -> psycopg2.extras.Json | None:
     return None if value is None else psycopg2.extras.Json(value, dumps=json.dumps)
-
-
-def is_open(status: str) -> bool:
-    return not Status(status).is_final
