@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 import telemetry
-from telemetry.tracing import client_trace_configs, create_aiopg_pool, instrument_redis
+from telemetry.instrumentation import client_trace_configs, create_aiopg_pool, instrument_redis
 
 from .api import apv, health, openapi, reviews, testing
 from .api.problems import problem_for

@@ -18,8 +18,8 @@ from .logging import configure_logging
 from .metrics import Metrics
 from .middleware import setup_metrics
 from .problems import Problem, ProblemMapper, problem_response
+from .server_spans import setup_tracing
 from .settings import TelemetrySettings, TelemetrySettingsError
-from .tracing import setup_tracing
 
 __all__ = [
     "METRICS",

@@ -28,7 +28,8 @@ from .middleware import (
     route_template,
     status_of_exception,
 )
-from .tracing import SERVER_SPAN, traceparent_header
+from .server_spans import SERVER_SPAN
+from .tracing import traceparent_header
 
 __all__ = [
     "REQUEST_ID_HEADER",

@@ -1,20 +1,14 @@
-"""OpenTelemetry tracing for one aiohttp app: server, PostgreSQL, Redis and client spans.
+"""OpenTelemetry tracing for one aiohttp app: configuration, export and per-app state.
 
 Wiring is explicit and per app — nothing is monkeypatched and nothing depends on
-import order:
-
-* ``setup_tracing`` stores a :class:`Tracing` under :data:`TRACING`, adds the server
-  middleware (outermost) and a ``cleanup_ctx`` that owns the ``TracerProvider``.
-* The server middleware is ours, built on the helpers of
-  ``opentelemetry-instrumentation-aiohttp-server`` (attribute collection, status
-  mapping, header getter). We do not use ``AioHttpServerInstrumentor.instrument()``
-  (it replaces ``web.Application`` globally) nor ``create_aiohttp_middleware`` (in
-  0.66b1 it reads module state that only ``_instrument()`` sets and answers 500).
-* Child spans come from per-object APIs of the sibling instrumentations:
-  a traced proxy around an aiopg pool (:func:`create_aiopg_pool`),
-  ``RedisInstrumentor.instrument_client`` (:func:`instrument_redis`) and
-  ``create_trace_config`` (:func:`client_trace_configs`), all bound to this app's
-  provider.
+import order. This module is what the others build on: :class:`TracingConfig` (read
+from the OTEL_* variables), the bounded, quiet export path, the per-app
+:class:`Tracing` stored under :data:`TRACING` with the ``cleanup_ctx`` that owns its
+``TracerProvider``, and trace propagation (:func:`context_carrier`,
+:func:`continue_trace`, :func:`traceparent_header`). The server middleware and
+``setup_tracing`` live in :mod:`telemetry.server_spans`; PostgreSQL, Redis and
+aiohttp client spans in :mod:`telemetry.instrumentation`. Both import this module,
+never the other way round.
 
 Configuration comes from ``TelemetrySettings.otel_env`` (the raw OTEL_* variables), not
 ``os.environ``, so each app (and each test) can be configured on its own. Process-wide
@@ -34,21 +28,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final
 from urllib.parse import unquote
 
-import aiohttp
-import aiopg
-import psycopg2.extensions
 import structlog
-import yarl
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.instrumentation import aiohttp_server as _server_helpers
@@ -58,16 +46,7 @@ from opentelemetry.instrumentation._semconv import (
     _OpenTelemetryStabilitySignalType,
     _StabilityMode,
 )
-from opentelemetry.instrumentation.aiohttp_client import create_trace_config
 from opentelemetry.instrumentation.aiohttp_server.version import __version__ as _server_version
-from opentelemetry.instrumentation.aiopg.aiopg_integration import (
-    AiopgIntegration,
-    AsyncCursorTracer,
-    AsyncProxyObject,
-)
-from opentelemetry.instrumentation.aiopg.version import __version__ as _aiopg_version
-from opentelemetry.instrumentation.redis import RedisInstrumentor
-from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -81,29 +60,28 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 from opentelemetry.sdk.version import __version__ as _sdk_version
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 from opentelemetry.util.http import ExcludeList, parse_excluded_urls
 
 from .logging import REDACTED, is_sensitive_key
-from .metrics import UNMATCHED_ENDPOINT, Metrics
+from .metrics import Metrics
 from .settings import TelemetrySettings, TelemetrySettingsError
 
 __all__ = [
-    "SERVER_SPAN",
     "TRACER_PROVIDER",
     "TRACING",
     "Tracing",
     "TracingConfig",
-    "client_trace_configs",
+    "app_tracing",
     "context_carrier",
     "continue_trace",
-    "create_aiopg_pool",
-    "instrument_redis",
-    "setup_tracing",
+    "redact_query",
     "traceparent_header",
+    "tracer_provider_ctx",
 ]
 
 log = structlog.get_logger("telemetry.tracing")
+
 
 # How often, at most, a failing exporter is reported.
 EXPORT_FAILURE_LOG_INTERVAL_S: Final = 60.0
@@ -121,8 +99,6 @@ _SAMPLERS: Final = (
     "parentbased_traceidratio",
 )
 # Attributes that carry a URL or query string, whose sensitive parameters we redact.
-_URL_ATTRIBUTES: Final = ("http.target", "http.url", "url.query", "url.full")
-_SQL_LITERAL = re.compile(r"'(?:[^']|'')*'|\$\$.*?\$\$|(?<![\w$%])-?\d+(?:\.\d+)?\b", re.DOTALL)
 
 
 # --------------------------------------------------------------------------- config
@@ -695,16 +671,14 @@ class Tracing:
 # is published by the cleanup context once the provider runs.
 TRACING: Final = web.AppKey("telemetry_tracing", Tracing)
 TRACER_PROVIDER: Final = web.AppKey("telemetry_tracer_provider", trace.TracerProvider)
-# The request's server span, kept so on_response_prepare (which runs after the
-# middleware chain returned, the span no longer current) can name it in traceparent.
-SERVER_SPAN: Final = web.RequestKey("telemetry_server_span", trace.Span)
 
 
-def _tracing(app: web.Application) -> Tracing | None:
+def app_tracing(app: web.Application) -> Tracing | None:
+    """This app's tracing, None when ``setup_tracing`` was not called for it."""
     return app.get(TRACING)
 
 
-async def _tracer_provider_ctx(app: web.Application) -> AsyncIterator[None]:
+async def tracer_provider_ctx(app: web.Application) -> AsyncIterator[None]:
     """Start the provider at startup; flush and shut it down, bounded, at cleanup."""
     tracing = app[TRACING]
     app[TRACER_PROVIDER] = tracing.provider
@@ -712,21 +686,10 @@ async def _tracer_provider_ctx(app: web.Application) -> AsyncIterator[None]:
     await tracing.shutdown()
 
 
-# ------------------------------------------------------------------ server spans
+# ----------------------------------------- redaction shared by server and client spans
 
 
-def _matched_route(request: web.BaseRequest) -> str | None:
-    """The canonical route (``/api/reviews/{review_id}``), None when nothing matched."""
-    match_info = getattr(request, "match_info", None)
-    route = getattr(match_info, "route", None)
-    resource = getattr(route, "resource", None)
-    if resource is None:
-        return None
-    canonical = resource.canonical
-    return canonical if isinstance(canonical, str) and canonical else None
-
-
-def _redact_query(value: str) -> str:
+def redact_query(value: str) -> str:
     """Replace the values of sensitive query parameters (``?token=...``)."""
     head, sep, query = value.partition("?")
     if not sep:
@@ -739,71 +702,7 @@ def _redact_query(value: str) -> str:
     return f"{head}?{redacted}" if sep else redacted
 
 
-def _server_attributes(request: web.Request, tracing: Tracing, route: str | None) -> dict[str, Any]:
-    attributes: dict[str, Any] = _server_helpers.collect_request_attributes(
-        request, tracing.http_semconv
-    )
-    if route is None:
-        attributes.pop("http.route", None)  # semconv: omit when unknown, never the raw path
-    for key in _URL_ATTRIBUTES:
-        if isinstance(value := attributes.get(key), str):
-            attributes[key] = _redact_query(value)
-    return {k: v for k, v in attributes.items() if v is not None}
-
-
-def _set_http_status(span: trace.Span, status: int, tracing: Tracing) -> None:
-    """Semconv status attributes; ERROR for 5xx, unset for 4xx (server-side rules).
-
-    A description the error middleware already gave (the crash's exception type)
-    survives: the package's helper would overwrite it with a bare ERROR.
-    """
-    previous = span.status if isinstance(span, ReadableSpan) else None
-    _server_helpers.set_status_code(span, status, None, tracing.http_semconv)
-    if previous is not None and previous.status_code is StatusCode.ERROR and previous.description:
-        span.set_status(previous)
-
-
-def tracing_middleware(tracing: Tracing) -> Middleware:
-    """One SERVER span per request, current while inner middlewares and the handler run."""
-
-    @web.middleware
-    async def trace_request(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if (
-            not tracing.enabled
-            or not is_http_instrumentation_enabled()
-            or tracing.excluded.url_disabled(request.url.path)
-        ):
-            return await handler(request)
-        route = _matched_route(request)
-        method = (
-            request.method if request.method.isalpha() and len(request.method) <= 16 else "HTTP"
-        )
-        name = f"{method} {route or UNMATCHED_ENDPOINT}"
-        with tracing.server_tracer.start_as_current_span(
-            name,
-            context=propagate.extract(request, getter=_server_helpers.getter),
-            kind=SpanKind.SERVER,
-            attributes=_server_attributes(request, tracing, route),
-            # We decide status and exception events ourselves: a 4xx is not an error.
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            request[SERVER_SPAN] = span
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                _set_http_status(span, exc.status, tracing)
-                if exc.status >= 500:
-                    span.record_exception(exc)
-                raise
-            except Exception as exc:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
-                raise
-            _set_http_status(span, response.status, tracing)
-            return response
-
-    return trace_request
+# ------------------------------------------------------------------ propagation
 
 
 def traceparent_header(span: trace.Span) -> str | None:
@@ -812,231 +711,6 @@ def traceparent_header(span: trace.Span) -> str | None:
     if not ctx.is_valid:
         return None
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
-
-
-def setup_tracing(
-    app: web.Application,
-    settings: TelemetrySettings,
-    metrics: Metrics,
-    *,
-    shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
-) -> None:
-    """Attach the tracing middleware (outermost) and the provider's cleanup context.
-
-    Raises ``TelemetrySettingsError`` naming the OTEL_* variable that is malformed.
-    """
-    tracing = Tracing(
-        settings,
-        metrics,
-        TracingConfig.from_env(settings.otel_env),
-        shutdown_timeout_s=shutdown_timeout_s,
-    )
-    app[TRACING] = tracing
-    app.middlewares.insert(0, tracing_middleware(tracing))
-    app.cleanup_ctx.append(_tracer_provider_ctx)
-
-
-# ------------------------------------------------------------- PostgreSQL (aiopg)
-
-
-class _SanitisingCursorTracer(AsyncCursorTracer):
-    """db.statement is the statement text with any inline literal replaced by ``?``.
-
-    Parameters passed separately (``%s``) never reach the span: the integration is
-    built with ``capture_parameters=False``. Inline literals are masked too, so a
-    hand-built statement cannot leak a value either (semconv's sanitisation rule).
-    """
-
-    def get_statement(self, cursor: Any, args: Sequence[Any]) -> str:
-        return sanitize_sql(str(super().get_statement(cursor, args)))
-
-
-def sanitize_sql(statement: str) -> str:
-    """Mask string, dollar-quoted and numeric literals; placeholders stay as they are."""
-    return _SQL_LITERAL.sub("?", statement)
-
-
-class _TracedCursor(AsyncProxyObject):
-    def __init__(self, cursor: aiopg.Cursor, tracer: _SanitisingCursorTracer) -> None:
-        super().__init__(cursor)
-        self._self_tracer = tracer  # wrapt: "_self_" attributes stay on the proxy
-
-    async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        wrapped = self.__wrapped__.execute
-        return await self._self_tracer.traced_execution(self, wrapped, *args, **kwargs)
-
-    async def callproc(self, *args: Any, **kwargs: Any) -> Any:
-        wrapped = self.__wrapped__.callproc
-        return await self._self_tracer.traced_execution(self, wrapped, *args, **kwargs)
-
-
-class _CursorContext:
-    """What ``conn.cursor()`` returns: awaitable, or an async context that closes it."""
-
-    def __init__(self, opening: Any) -> None:
-        self._opening = opening
-        self._cursor: Any = None
-
-    def __await__(self) -> Any:
-        return self._opening.__await__()
-
-    async def __aenter__(self) -> Any:
-        self._cursor = await self._opening
-        return self._cursor
-
-    async def __aexit__(self, *exc: object) -> None:
-        cursor, self._cursor = self._cursor, None
-        if cursor is not None:
-            cursor.close()
-
-
-class _TracedConnection(AsyncProxyObject):
-    def __init__(self, connection: aiopg.Connection, integration: AiopgIntegration) -> None:
-        super().__init__(connection)
-        self._self_integration = integration
-
-    def cursor(self, *args: Any, **kwargs: Any) -> _CursorContext:
-        return _CursorContext(self._open_cursor(*args, **kwargs))
-
-    async def _open_cursor(self, *args: Any, **kwargs: Any) -> _TracedCursor:
-        cursor = await self.__wrapped__.cursor(*args, **kwargs)
-        return _TracedCursor(cursor, _SanitisingCursorTracer(self._self_integration))
-
-
-class _AcquireContext:
-    def __init__(self, pool: _TracedPool) -> None:
-        self._pool = pool
-        self._opening = pool._acquire_traced()
-        self._connection: _TracedConnection | None = None
-
-    def __await__(self) -> Any:
-        return self._opening.__await__()
-
-    async def __aenter__(self) -> _TracedConnection:
-        self._connection = await self._opening
-        return self._connection
-
-    async def __aexit__(self, *exc: object) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            await self._pool.release(connection)
-
-
-class _TracedPool(AsyncProxyObject):
-    """An aiopg pool whose connections' cursors trace every statement.
-
-    Only ``acquire()`` hands out traced connections; ``pool.cursor()`` (aiopg's
-    shortcut) bypasses the proxy, so the service acquires explicitly.
-    """
-
-    def __init__(self, pool: aiopg.Pool, integration: AiopgIntegration) -> None:
-        super().__init__(pool)
-        self._self_integration = integration
-
-    def acquire(self) -> _AcquireContext:
-        return _AcquireContext(self)
-
-    async def _acquire_traced(self) -> _TracedConnection:
-        connection = await self.__wrapped__.acquire()
-        return _TracedConnection(connection, self._self_integration)
-
-    def release(self, connection: Any) -> Any:
-        raw = connection.__wrapped__ if isinstance(connection, _TracedConnection) else connection
-        return self.__wrapped__.release(raw)
-
-
-_AIOPG_DSN_ATTRIBUTES = {"database": "dbname", "port": "port", "host": "host", "user": "user"}
-_AIOPG_KWARG_NAMES = {
-    "database": "dbname",
-    "dbname": "dbname",
-    "user": "user",
-    "host": "host",
-    "port": "port",
-}
-
-
-def _connection_facts(dsn: str, kwargs: Mapping[str, Any]) -> Any:
-    """db.name / server.address / port / user from the DSN, without connecting.
-
-    The password is deliberately not copied.
-    """
-    facts: dict[str, Any] = {}
-    with contextlib.suppress(psycopg2.ProgrammingError):
-        facts.update(psycopg2.extensions.parse_dsn(dsn) if dsn else {})
-    for name, key in _AIOPG_KWARG_NAMES.items():
-        if kwargs.get(name) is not None:
-            facts[key] = kwargs[name]
-    facts.pop("password", None)
-    if isinstance(facts.get("port"), str) and facts["port"].isdigit():
-        facts["port"] = int(facts["port"])
-    return type("ConnectionFacts", (), facts)()
-
-
-async def create_aiopg_pool(app: web.Application, dsn: str, **kwargs: Any) -> aiopg.Pool:
-    """An aiopg pool whose statements become client spans (when tracing is on).
-
-    Use ``async with pool.acquire() as conn: async with conn.cursor() as cur:``.
-    Spans carry db.system/db.name/server address and the parameterised statement;
-    never parameter values (``capture_parameters=False``), never the password.
-    """
-    pool = await aiopg.create_pool(dsn, **kwargs)
-    tracing = _tracing(app)
-    if tracing is None or not tracing.enabled:
-        return pool
-    integration = AiopgIntegration(
-        "opentelemetry.instrumentation.aiopg",
-        "postgresql",
-        connection_attributes=_AIOPG_DSN_ATTRIBUTES,
-        version=_aiopg_version,
-        tracer_provider=tracing.provider,
-        meter_provider=NoOpMeterProvider(),
-        capture_parameters=False,
-        enable_commenter=False,
-    )
-    integration.get_connection_attributes(_connection_facts(dsn, kwargs))
-    return cast(aiopg.Pool, _TracedPool(pool, integration))
-
-
-# ------------------------------------------------------------------------- Redis
-
-
-def instrument_redis(app: web.Application, client: Any) -> None:
-    """Make every command of this redis.asyncio client a span (when tracing is on).
-
-    Per client (``instrument_client``), bound to this app's provider. The
-    instrumentation records ``db.statement`` as ``COMMAND ? ?``: arguments never land.
-    """
-    tracing = _tracing(app)
-    if tracing is None or not tracing.enabled:
-        return
-    RedisInstrumentor.instrument_client(client, tracer_provider=tracing.provider)
-
-
-# ------------------------------------------------------------------ aiohttp client
-
-
-def _redacted_url(url: yarl.URL) -> str:
-    if url.user or url.password:
-        url = url.with_user(None)
-    return _redact_query(str(url))
-
-
-def client_trace_configs(app: web.Application) -> list[aiohttp.TraceConfig]:
-    """TraceConfigs for an aiohttp.ClientSession: client spans + traceparent injection."""
-    tracing = _tracing(app)
-    if tracing is None or not tracing.enabled:
-        return []
-    return [
-        create_trace_config(
-            url_filter=_redacted_url,
-            tracer_provider=tracing.provider,
-            meter_provider=NoOpMeterProvider(),
-            sem_conv_opt_in_mode=tracing.http_semconv,
-        )
-    ]
-
-
-# ---------------------------------------------------- propagation across a queue
 
 
 def context_carrier() -> dict[str, str]:
@@ -1057,12 +731,13 @@ def continue_trace(
 ) -> Iterator[trace.Span]:
     """Run the block in a new span whose parent is the stored ``carrier`` context.
 
-    Client calls made inside (with :func:`client_trace_configs`) join that trace.
+    Client calls made inside (with
+    :func:`telemetry.instrumentation.client_trace_configs`) join that trace.
     With tracing off, the stored context itself is made current so the outgoing
     ``traceparent`` still names the original trace.
     """
     parent = propagate.extract(dict(carrier))
-    tracing = _tracing(app)
+    tracing = app_tracing(app)
     if tracing is None or not tracing.enabled:
         token = otel_context.attach(parent)
         try:

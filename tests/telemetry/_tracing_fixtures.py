@@ -28,13 +28,13 @@ from opentelemetry import trace
 
 import telemetry
 from telemetry import TelemetrySettings
-from telemetry.logging import reset_logging
-from telemetry.tracing import (
+from telemetry.instrumentation import (
     client_trace_configs,
-    context_carrier,
     create_aiopg_pool,
     instrument_redis,
 )
+from telemetry.logging import reset_logging
+from telemetry.tracing import context_carrier
 
 PG_BASE = os.environ.get("HITL_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("HITL_TEST_REDIS", "redis://127.0.0.1:6379/0")

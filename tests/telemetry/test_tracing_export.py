@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from telemetry import Metrics, TelemetrySettings, TelemetrySettingsError
+from telemetry.instrumentation import sanitize_sql
 from telemetry.logging import configure_logging
 from telemetry.tracing import (
     TRACING,
@@ -20,7 +21,6 @@ from telemetry.tracing import (
     _ExporterLogCapture,
     _QueueBudget,
     _ReportingExporter,
-    sanitize_sql,
 )
 from tests.otlp_receiver import HungCollector, OtlpGrpcReceiver, OtlpHttpReceiver, closed_port
 from tests.telemetry._tracing_fixtures import (
