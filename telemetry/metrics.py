@@ -31,7 +31,20 @@ Collect = Callable[[], Awaitable[None]]
 
 # OpenTelemetry HTTP semantic conventions, http.server.request.duration advisory buckets.
 HTTP_DURATION_BUCKETS: Final = (
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
 )
 # Powers of 4 from 64 B to 16 MiB: an empty GET body, JSON documents and unified-diff
 # patches all land in different buckets, and aiohttp's 1 MiB default body limit is one.
@@ -39,16 +52,55 @@ SIZE_BUCKETS: Final = tuple(float(64 * 4**i) for i in range(10))
 # A human decides: seconds (a quick approve) to a week (an escalation left over a
 # weekend). 60 s is a bound because the SlowReviewDecisions alert is "P95 > 60s".
 DECISION_DURATION_BUCKETS: Final = (
-    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
-    7200.0, 14400.0, 28800.0, 86400.0, 172800.0, 604800.0,
+    1.0,
+    5.0,
+    15.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    28800.0,
+    86400.0,
+    172800.0,
+    604800.0,
 )
 # Validation patterns are CPU-bound checks on one APV: sub-millisecond to seconds.
 VALIDATION_DURATION_BUCKETS: Final = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
 )
 # A loopback PostgreSQL answers in well under a millisecond; a locked row can take seconds.
 DB_QUERY_DURATION_BUCKETS: Final = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 
 # The HTTP methods of RFC 9110 (+ PATCH); anything else is one label value, as the OTel
