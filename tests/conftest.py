@@ -21,12 +21,14 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from opentelemetry import trace
 
 from service.app import create_app
 from service.auth import append_key, new_key
 from service.config import Settings
 from service.storage.migrate import apply_migrations, create_database, drop_database
 from telemetry import TelemetrySettings
+from telemetry.logging import reset_logging
 
 # Fixtures shared by several test packages, registered once here.
 pytest_plugins = ["tests.service.downstream"]
@@ -54,6 +56,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def reset_telemetry_state() -> Iterator[None]:
+    """Each test starts and ends with default structlog, no handler of ours, no span.
+
+    Tracer providers are per app and never global: assert nobody set a global one.
+    """
+    reset_logging()
+    assert not trace.get_current_span().get_span_context().is_valid
+    yield
+    reset_logging()
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 @pytest.fixture(scope="session")

@@ -130,7 +130,7 @@ async def test_keys_add_prints_only_the_key(
     assert "ci-bot" in proc.stderr and key not in proc.stderr
 
     stored = keys_file.read_text()
-    assert key not in stored and key.split("_")[2] not in stored
+    assert key not in stored and key.split("_", 2)[2] not in stored
     entry = json.loads(stored)["keys"][-1]
     assert entry["name"] == "ci-bot" and entry["roles"] == ["reviewer"]
     assert entry["key_id"] == key.split("_")[1]

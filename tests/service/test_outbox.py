@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestServer
 from service.app import create_app
 from service.config import Settings
 from tests.conftest import Keys
+from tests.prom import parse_exposition
 from tests.service.downstream import Downstream
 from tests.service.helpers import submission
 
@@ -92,6 +93,10 @@ async def test_failing_downstream_is_retried_until_delivered(
     rows = await outbox_rows(database_url)
     assert all(delivered for _, delivered, _ in rows)
     assert sum(attempts for _, _, attempts in rows) == 3 + 4
+    metrics = parse_exposition(await (await client.get("/metrics")).text())
+    assert metrics.value("hitl_webhook_deliveries_total", result="failed") == 4
+    assert metrics.value("hitl_webhook_deliveries_total", result="delivered") == 3
+    assert metrics.value("hitl_webhook_outbox_depth") == 0
 
 
 async def test_restart_loses_nothing(
@@ -107,6 +112,8 @@ async def test_restart_loses_nothing(
     receiver.fail_next = 10_000
     first = await aiohttp_client(create_app(with_webhook(settings, server)))
     ids = [await submit_and_decide(first, api_keys, {"decision": "approve"}) for _ in range(3)]
+    depth = parse_exposition(await (await first.get("/metrics")).text())
+    assert depth.value("hitl_webhook_outbox_depth") == 3
     await first.close()
     assert not any(delivered for _, delivered, _ in await outbox_rows(database_url))
 

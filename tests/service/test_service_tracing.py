@@ -13,7 +13,6 @@ from aiohttp.test_utils import TestServer
 from service.app import create_app
 from service.config import Settings
 from telemetry import TelemetrySettings
-from telemetry.logging import reset_logging
 from tests.conftest import Keys
 from tests.otlp_receiver import OtlpHttpReceiver, ReceivedSpan
 from tests.service.downstream import Downstream
@@ -24,7 +23,6 @@ from tests.service.helpers import submission
 def receiver() -> Iterator[OtlpHttpReceiver]:
     with OtlpHttpReceiver() as rx:
         yield rx
-    reset_logging()
 
 
 def traced(settings: Settings, receiver: OtlpHttpReceiver, **changes: Any) -> Settings:

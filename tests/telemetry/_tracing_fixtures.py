@@ -24,7 +24,6 @@ import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from opentelemetry import trace
 
 import telemetry
 from telemetry import TelemetrySettings
@@ -33,7 +32,6 @@ from telemetry.instrumentation import (
     create_aiopg_pool,
     instrument_redis,
 )
-from telemetry.logging import reset_logging
 from telemetry.tracing import context_carrier
 
 PG_BASE = os.environ.get("HITL_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
@@ -52,22 +50,6 @@ CARRIERS = web.AppKey("test_carriers", list)
 PG_DSN = web.AppKey("test_pg_dsn", str)
 
 log = structlog.get_logger("tests.tracing")
-
-
-# ------------------------------------------------------------------- state resets
-
-
-@pytest.fixture(autouse=True)
-def reset_telemetry_state() -> Iterator[None]:
-    """Each test starts and ends with default structlog, no handler of ours, no span.
-
-    The app's provider is per app and never global: assert nobody set a global one.
-    """
-    reset_logging()
-    assert not trace.get_current_span().get_span_context().is_valid
-    yield
-    reset_logging()
-    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 # ------------------------------------------------------------------ PostgreSQL

@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from telemetry.logging import reset_logging
 from tests.telemetry.conftest import STREAM_CHUNKS, build_app
-
-
-@pytest.fixture(autouse=True)
-def fresh_logging() -> Iterator[None]:
-    reset_logging()
-    yield
-    reset_logging()
 
 
 def access_lines(out: str) -> list[dict[str, Any]]:
@@ -35,9 +26,10 @@ async def test_streamed_response_size_matches_metrics(
     exposition = await scrape(client)
     (line,) = [x for x in access_lines(capsys.readouterr().out) if x["route"] == "/api/stream"]
     assert line["response_bytes"] == sum(map(len, STREAM_CHUNKS))
-    assert exposition.value(
-        "http_response_size_bytes_sum", method="GET", endpoint="/api/stream"
-    ) == line["response_bytes"]
+    assert (
+        exposition.value("http_response_size_bytes_sum", method="GET", endpoint="/api/stream")
+        == line["response_bytes"]
+    )
 
 
 async def test_head_logs_no_body(aiohttp_client: Any, capsys: pytest.CaptureFixture[str]) -> None:

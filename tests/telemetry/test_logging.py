@@ -14,11 +14,10 @@ from tests.telemetry._tracing_fixtures import (
     ClientFactory,
     build_app,
     json_lines,
-    reset_telemetry_state,
     start,
 )
 
-__all__ = ["reset_telemetry_state", "start"]  # fixtures, imported
+__all__ = ["start"]  # fixtures, imported
 
 
 def test_structlog_and_stdlib_lines_share_one_json_shape(

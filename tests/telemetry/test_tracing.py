@@ -22,12 +22,11 @@ from tests.telemetry._tracing_fixtures import (
     downstream,
     json_lines,
     pg_dsn,
-    reset_telemetry_state,
     start,
     trace_id_of,
 )
 
-__all__ = ["downstream", "pg_dsn", "reset_telemetry_state", "start"]  # fixtures, imported
+__all__ = ["downstream", "pg_dsn", "start"]  # fixtures, imported
 
 
 @pytest.fixture

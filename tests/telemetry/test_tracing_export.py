@@ -27,11 +27,10 @@ from tests.telemetry._tracing_fixtures import (
     ClientFactory,
     build_app,
     json_lines,
-    reset_telemetry_state,
     start,
 )
 
-__all__ = ["reset_telemetry_state", "start"]  # fixtures, imported
+__all__ = ["start"]  # fixtures, imported
 
 BATCH = 30
 
@@ -153,13 +152,14 @@ def test_export_failures_are_reported_at_most_once_a_minute(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Failures at t=0, 30 s and 59 s give one line; the next at 61 s gives a second
-    line that sums what was suppressed in between."""
+    line that sums what was suppressed in between; the failure counter counts all four."""
     configure_logging(TelemetrySettings(log_format="json"))
     now = [0.0]
+    metrics = Metrics(TelemetrySettings())
     exporter = _ReportingExporter(
         _FailingExporter(),
         budget=_QueueBudget(10),
-        metrics=Metrics(TelemetrySettings()),
+        metrics=metrics,
         capture=_ExporterLogCapture(),
         endpoint="http://collector:4318/v1/traces",
         protocol="http/protobuf",
@@ -172,6 +172,8 @@ def test_export_failures_are_reported_at_most_once_a_minute(
         ln for ln in json_lines(capsys.readouterr().out) if ln["event"] == "span_export_failed"
     ]
     assert [ln["failed_batches"] for ln in lines] == [1, 3]
+    # The log is rate-limited; the counter is not: every failed batch counts.
+    assert metrics.hitl_tracing_export_failures_total.get({}) == 4
 
 
 def test_otel_env_is_read_from_settings_not_the_process() -> None:
