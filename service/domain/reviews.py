@@ -97,7 +97,11 @@ class ReviewService:
         if row is None:
             raise ReviewNotFound(review_id)
         review = await self._detail(row)
-        await self.cache.set_json(key, review, self.policy.review_cache_ttl_seconds)
+        # Only if absent: a decision committed while we were reading has already
+        # written the newer state, which must win.
+        await self.cache.set_json(
+            key, review, self.policy.review_cache_ttl_seconds, only_if_absent=True
+        )
         return review
 
     async def list(
@@ -187,8 +191,15 @@ class ReviewService:
             severity=row["severity"],
             duration=(record["decided_at"] - row["created_at"]).total_seconds(),
         )
-        await self.cache.delete(self._review_key(review_id), self._stats_key())
-        return await self._detail(row)
+        # Write-through, not just delete: a concurrent read that loaded the review
+        # before this commit fills the cache only if the key is absent (below), so it
+        # can no longer put the old state back after this decision.
+        review = await self._detail(row)
+        await self.cache.set_json(
+            self._review_key(review_id), review, self.policy.review_cache_ttl_seconds
+        )
+        await self.cache.delete(self._stats_key())
+        return review
 
     # -- helpers --------------------------------------------------------------------
 

@@ -40,9 +40,13 @@ class Cache:
             return None if raw is None else json.loads(raw)
         return None
 
-    async def set_json(self, key: str, value: Any, ttl_seconds: int) -> None:
+    async def set_json(
+        self, key: str, value: Any, ttl_seconds: int, *, only_if_absent: bool = False
+    ) -> None:
         async with self._guard("set"):
-            await self.client.set(key, json.dumps(value, default=str), ex=ttl_seconds)
+            await self.client.set(
+                key, json.dumps(value, default=str), ex=ttl_seconds, nx=only_if_absent
+            )
             self._metrics.record_cache("set", "ok")
 
     async def delete(self, *keys: str) -> None:

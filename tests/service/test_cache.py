@@ -1,14 +1,18 @@
-"""Review detail cached in Redis under the run's prefix, and dropped on every decision."""
+"""Review detail cached in Redis under the run's prefix, and replaced on every decision."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from service.keys import REVIEWS
 from tests.conftest import REDIS_URL, RUN_ID, Keys
 from tests.service.helpers import decide, sql, submit
 
@@ -46,15 +50,16 @@ async def test_second_read_is_served_from_redis(
 async def test_decision_invalidates_the_cached_review(
     client: TestClient, api_keys: Keys, database_url: str, redis_client: aioredis.Redis
 ) -> None:
-    """After a decision the cached copy is gone and the next GET shows the new state (and
-    anything else PostgreSQL now holds)."""
+    """After a decision the cached copy is replaced by the committed state, so the next
+    GET shows the new state (and anything else PostgreSQL now holds)."""
     rid = (await submit(client, api_keys.auth("producer")))["id"]
     await client.get(f"/api/reviews/{rid}", headers=api_keys.auth("viewer"))
     assert await redis_client.exists(review_key(rid)) == 1
     await sql(database_url, "UPDATE reviews SET apv_code = 'CHANGED-IN-DB' WHERE id = %s", (rid,))
 
     assert (await decide(client, rid, "escalate", api_keys.auth("reviewer"))).status == 200
-    assert await redis_client.exists(review_key(rid)) == 0
+    cached = json.loads(await redis_client.get(review_key(rid)))
+    assert (cached["status"], cached["apv_code"]) == ("escalated", "CHANGED-IN-DB")
     fresh = await (await client.get(f"/api/reviews/{rid}", headers=api_keys.auth("viewer"))).json()
     assert fresh["status"] == "escalated"
     assert fresh["apv_code"] == "CHANGED-IN-DB"
@@ -88,3 +93,36 @@ async def test_keys_stay_under_the_run_prefix(
     keys = {k.decode() async for k in redis_client.scan_iter(match=f"*{rid}*")}
     assert keys == {review_key(rid)}
     assert await redis_client.exists(f"hitl-test:{RUN_ID}:stats") == 1
+
+
+async def test_read_racing_a_decision_cannot_cache_the_old_state(
+    client: TestClient, app: web.Application, api_keys: Keys, redis_client: aioredis.Redis
+) -> None:
+    """A GET that loaded the pending review just before a decision committed must not
+    put 'pending' back into the cache after the decision wrote the new state."""
+    rid = (await submit(client, api_keys.auth("producer")))["id"]
+    store = app[REVIEWS].store
+    loaded, release = asyncio.Event(), asyncio.Event()
+    real_get_review = store.get_review
+
+    async def get_review_then_pause(review_id: str) -> Any:
+        row = await real_get_review(review_id)  # the real read, from PostgreSQL
+        loaded.set()
+        await release.wait()
+        return row
+
+    store.get_review = get_review_then_pause  # type: ignore[method-assign]
+    slow_read = asyncio.ensure_future(
+        client.get(f"/api/reviews/{rid}", headers=api_keys.auth("viewer"))
+    )
+    await asyncio.wait_for(loaded.wait(), 5)
+    assert (await decide(client, rid, "approve", api_keys.auth("reviewer"))).status == 200
+    release.set()
+    stale = await (await slow_read).json()
+    store.get_review = real_get_review  # type: ignore[method-assign]
+
+    assert stale["status"] == "pending"  # that response was already on its way
+    cached = json.loads(await redis_client.get(review_key(rid)))
+    assert cached["status"] == "approved"
+    fresh = await (await client.get(f"/api/reviews/{rid}", headers=api_keys.auth("viewer"))).json()
+    assert fresh["status"] == "approved"

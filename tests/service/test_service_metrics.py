@@ -145,8 +145,11 @@ async def test_scripted_traffic_moves_exact_series(client: Any, api_keys: Keys) 
     assert m.value("cache_operations_total", operation="get", result="miss") == 2
     assert m.value("cache_operations_total", operation="get", result="hit") == 1
     assert m.value("cache_hit_ratio") == pytest.approx(1 / 3)
-    # each of the 4 successful decisions drops the review and the stats entry
+    # each of the 4 successful decisions writes the review through and drops the stats
+    # entry; each of the 4 submissions drops the stats entry too
     assert m.value("cache_operations_total", operation="delete", result="ok") == 4 + 4
+    # the first read's fill, and the 4 decisions' write-through
+    assert m.value("cache_operations_total", operation="set", result="ok") == 1 + 4
 
     # one attempted insert per submission, the replay included
     assert m.value("db_query_duration_seconds_count", operation="insert_review") == 5
