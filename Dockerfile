@@ -7,7 +7,10 @@ COPY telemetry ./telemetry
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
-ENV PYTHONUNBUFFERED=1 \
+# hitl_build_info{commit=...}: docker build --build-arg HITL_BUILD_COMMIT=$(git rev-parse --short HEAD)
+ARG HITL_BUILD_COMMIT=unknown
+ENV HITL_BUILD_COMMIT=${HITL_BUILD_COMMIT} \
+    PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HITL_HOST=0.0.0.0 \
     HITL_PORT=8000 \
