@@ -30,11 +30,11 @@ test: $(VENV)/.installed tools services
 
 ## Debian packages the tests drive (promtool, Alertmanager, exporters, docker-compose).
 tools:
-	bash scripts/install-tools.sh
+	bash ops/local/install-tools.sh
 
 ## Start the machine's PostgreSQL and Redis if they do not answer.
 services:
-	bash scripts/ensure-services.sh
+	bash ops/local/ensure-services.sh
 
 ## Regenerate SLO recording rules and burn-rate alerts from ops/slo.yml.
 rules: $(VENV)/.installed

@@ -43,9 +43,10 @@ TABLES = "webhook_outbox, validation_results, review_decisions, reviews"
 def require_tool(name: str) -> str:
     """Path of a command-line tool. Under CI a missing tool is a failure, not a skip:
     the project's scripts install every tool the tests need."""
-    path = shutil.which(name)
+    # /usr/bin too: Debian puts some tools there while PATH may not include it.
+    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
     if path is None:
-        message = f"{name} is not installed (make test installs it via scripts/install-tools.sh)"
+        message = f"{name} is not installed (make test installs it via ops/local/install-tools.sh)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)

@@ -21,7 +21,7 @@ PROM_PORT=${STACK_PROMETHEUS_PORT:-9090}
 AM_PORT=${STACK_ALERTMANAGER_PORT:-9093}
 PG_EXPORTER_PORT=${STACK_POSTGRES_EXPORTER_PORT:-9187}
 REDIS_EXPORTER_PORT=${STACK_REDIS_EXPORTER_PORT:-9121}
-# The machine's shared stores (scripts/ensure-services.sh), read-only for the exporters.
+# The machine's shared stores (ops/local/ensure-services.sh), read-only for the exporters.
 PG_DSN=${STACK_POSTGRES_DSN:-postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable}
 REDIS_ADDR=${STACK_REDIS_ADDR:-redis://127.0.0.1:6379}
 

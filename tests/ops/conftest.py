@@ -1,7 +1,7 @@
 """Fixtures for the ops tests: the real tools, real processes on free loopback ports.
 
 A tool the tests need and cannot find skips the test on a workstation and fails it
-under CI=true (scripts/install-tools.sh is supposed to have installed it there).
+under CI=true (ops/local/install-tools.sh is supposed to have installed it there).
 Every process started here is killed in the fixture's teardown.
 """
 
@@ -10,9 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
-import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import free_port, require_tool
+
+__all__ = ["free_port", "require_tool"]  # the ops tests import them from here
+
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
 RULES_DIR = OPS / "prometheus" / "rules"
@@ -34,23 +35,6 @@ ALERTMANAGER_YML = OPS / "alertmanager" / "alertmanager.yml"
 DASHBOARDS_DIR = OPS / "grafana" / "dashboards"
 RUNBOOKS_MD = ROOT / "docs" / "runbooks.md"
 LOOPBACK = "127.0.0.1"
-
-
-def require_tool(name: str) -> str:
-    """Absolute path of ``name``; skip without it, or fail when CI=true."""
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
-    if path is None:
-        message = f"{name} is not installed (scripts/install-tools.sh installs it)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def load_module(path: Path, name: str) -> ModuleType:
