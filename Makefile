@@ -24,8 +24,11 @@ run: $(VENV)/.installed services
 	@$(PY) -m service dev-key
 	$(PY) -m service serve
 
-## Install everything, make sure the backing servers answer, run the whole suite.
+## Install everything, make sure the backing servers answer, lint, type-check, and run
+## the whole suite.
 test: $(VENV)/.installed tools services
+	$(VENV)/bin/ruff check service telemetry tests ops
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Debian packages the tests drive (promtool, Alertmanager, exporters, docker-compose).
@@ -45,7 +48,7 @@ stack: $(VENV)/.installed tools
 	bash ops/stack/run.sh
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check service telemetry tests
+	$(VENV)/bin/ruff check service telemetry tests ops
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
