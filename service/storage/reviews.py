@@ -67,20 +67,21 @@ class ReviewStore:
         )
         if row is None:
             return None
-        for result in validation:
-            await tx.execute(
-                "insert_validation_result",
-                "INSERT INTO validation_results"
-                " (review_id, pattern_type, result, reason, duration_ms)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (
-                    row["id"],
-                    result.pattern_type,
-                    result.result.value,
-                    result.reason,
-                    round(result.duration_seconds * 1000, 3),
-                ),
-            )
+        # One statement for all patterns: one round trip instead of one per pattern.
+        await tx.execute(
+            "insert_validation_results",
+            "INSERT INTO validation_results"
+            " (review_id, pattern_type, result, reason, duration_ms)"
+            " SELECT %s::uuid, p, r, why, ms"
+            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[]) AS v(p, r, why, ms)",
+            (
+                row["id"],
+                [r.pattern_type for r in validation],
+                [r.result.value for r in validation],
+                [r.reason for r in validation],
+                [round(r.duration_seconds * 1000, 3) for r in validation],
+            ),
+        )
         return row
 
     async def get_by_apv_id(self, apv_id: str) -> Row | None:
