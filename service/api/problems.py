@@ -15,6 +15,7 @@ from ..domain.errors import (
     Unauthenticated,
     ValidationFailed,
 )
+from ..storage.db import DatabaseBusy
 
 
 def problem_for(exc: BaseException) -> Problem | None:
@@ -83,6 +84,16 @@ def problem_for(exc: BaseException) -> Problem | None:
                 slug="forbidden",
                 detail=str(exc),
                 error_type="auth",
+            )
+        case DatabaseBusy():
+            return Problem(
+                status=503,
+                title="Service Unavailable",
+                slug="database-busy",
+                detail=str(exc),
+                error_type="database_pool_exhausted",
+                severity="critical",
+                headers={"Retry-After": "1"},
             )
         case psycopg2.OperationalError() | psycopg2.InterfaceError():
             # PostgreSQL is the source of truth: without it we answer 503, not 500,

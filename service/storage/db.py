@@ -56,11 +56,19 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def _cursor(self) -> AsyncIterator[aiopg.Cursor]:
-        async with (
-            self.pool.acquire() as conn,
-            conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur,
-        ):
-            yield cur
+        try:
+            conn = await self.pool.acquire()
+        except TimeoutError:
+            # Every connection stayed busy for the pool's whole timeout: overload, which
+            # the client should see as 503 and retry, not as a crash.
+            raise DatabaseBusy(
+                f"no database connection became free within {self.pool.timeout:g}s"
+            ) from None
+        try:
+            async with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                yield cur
+        finally:
+            await self.pool.release(conn)
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Executor]:
@@ -134,6 +142,10 @@ async def open_pool(
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+class DatabaseBusy(Exception):
+    """No pooled connection could be had in time."""
 
 
 class DatabaseUnreachable(RuntimeError):
