@@ -22,11 +22,12 @@ from aiohttp.typedefs import Handler, Middleware
 from .keys import REQUEST_ID
 from .middleware import (
     REQUEST_DURATION,
+    Outcome,
+    call_handler,
     request_body_size,
     response_body_size,
     response_bytes_counter,
     route_template,
-    status_of_exception,
 )
 from .server_spans import SERVER_SPAN
 from .tracing import traceparent_header
@@ -66,17 +67,9 @@ def access_log_middleware() -> Middleware:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         body = response_bytes_counter(request)
-        response: web.StreamResponse | None = None
-        status = 500
+        outcome = Outcome()
         try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except BaseException as exc:
-            status = status_of_exception(exc)
-            if isinstance(exc, web.HTTPException):
-                response = exc
-            raise
+            return await call_handler(request, handler, outcome)
         finally:
             duration = request.get(REQUEST_DURATION)
             if duration is None:  # metrics middleware absent or bypassed
@@ -86,12 +79,12 @@ def access_log_middleware() -> Middleware:
                 method=request.method,
                 route=route_template(request),
                 path=request.path,
-                status=status,
+                status=outcome.status,
                 duration_ms=round(duration * 1000, 3),
                 request_bytes=request_body_size(request),
                 response_bytes=0
-                if response is None
-                else response_body_size(response, body.count, method=request.method),
+                if outcome.response is None
+                else response_body_size(outcome.response, body.count, method=request.method),
                 client=request.remote,
                 user_agent=request.headers.get(hdrs.USER_AGENT),
             )

@@ -255,7 +255,7 @@ class Metrics:
         )
         self.cache_evictions_total = self._counter(
             "cache_evictions_total",
-            "Keys the cache server evicted or expired (Redis evicted_keys + expired_keys).",
+            "Keys the cache server evicted under memory pressure (Redis evicted_keys).",
         )
 
     def _define_errors_and_slo(self) -> None:

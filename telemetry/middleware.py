@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 import structlog
@@ -109,6 +110,30 @@ def response_bytes_counter(request: web.Request) -> _BodyBytesWritten:
     return counter
 
 
+@dataclass(slots=True)
+class Outcome:
+    """What a handler chain produced, as a middleware's ``finally`` needs it."""
+
+    response: web.StreamResponse | None = None
+    status: int = 500
+
+
+async def call_handler(
+    request: web.Request, handler: Handler, outcome: Outcome
+) -> web.StreamResponse:
+    """Await ``handler``, recording into ``outcome`` the response (an HTTPException is
+    one) and the status the client will see, whether it returns or raises."""
+    try:
+        outcome.response = await handler(request)
+        outcome.status = outcome.response.status
+        return outcome.response
+    except BaseException as exc:
+        outcome.status = status_of_exception(exc)
+        if isinstance(exc, web.HTTPException):
+            outcome.response = exc
+        raise
+
+
 def status_of_exception(exc: BaseException) -> int:
     """The status a client sees for an exception escaping the handler chain."""
     if isinstance(exc, web.HTTPException):
@@ -153,21 +178,13 @@ def metrics_middleware(metrics: Metrics) -> Middleware:
     async def record_request_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         written = response_bytes_counter(request)
-        response: web.StreamResponse | None = None
-        status = 500
+        outcome = Outcome()
         try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except BaseException as exc:
-            status = status_of_exception(exc)
-            if isinstance(exc, web.HTTPException):
-                response = exc
-            raise
+            return await call_handler(request, handler, outcome)
         finally:
             duration = time.perf_counter() - started
             request[REQUEST_DURATION] = duration
-            _record(metrics, request, response, status, duration, written.count)
+            _record(metrics, request, outcome.response, outcome.status, duration, written.count)
 
     return record_request_metrics
 
