@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -51,17 +51,9 @@ class TelemetrySettings:
         if "HITL_BUILD_COMMIT" in env:
             values["build_commit"] = env["HITL_BUILD_COMMIT"]
         if "HITL_SLO_LATENCY_SECONDS" in env:
-            raw = env["HITL_SLO_LATENCY_SECONDS"]
-            try:
-                threshold = float(raw)
-            except ValueError:
-                threshold = -1.0
-            if not threshold > 0:
-                raise TelemetrySettingsError(
-                    f"HITL_SLO_LATENCY_SECONDS={raw!r}: "
-                    "expected a positive number of seconds, e.g. 0.5"
-                )
-            values["slo_latency_threshold_seconds"] = threshold
+            values["slo_latency_threshold_seconds"] = positive_float_env(
+                env, ["HITL_SLO_LATENCY_SECONDS"], 0.5
+            )
         if "HITL_LOG_LEVEL" in env:
             level = env["HITL_LOG_LEVEL"].upper()
             if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -80,3 +72,22 @@ class TelemetrySettings:
         values["otel_env"] = {k: v for k, v in env.items() if k.startswith("OTEL_")}
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def positive_float_env(env: Mapping[str, str], names: Sequence[str], default: float) -> float:
+    """The first of ``names`` that is set, as a positive number; else ``default``.
+    A value of the wrong form is an error naming the variable."""
+    for name in names:
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not value > 0:
+            raise TelemetrySettingsError(
+                f"{name}={raw!r}: expected a positive number, e.g. {default}"
+            )
+        return value
+    return default

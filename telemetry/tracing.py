@@ -65,7 +65,7 @@ from opentelemetry.util.http import ExcludeList, parse_excluded_urls
 
 from .logging import REDACTED, is_sensitive_key
 from .metrics import Metrics
-from .settings import TelemetrySettings, TelemetrySettingsError
+from .settings import TelemetrySettings, TelemetrySettingsError, positive_float_env
 
 __all__ = [
     "TRACER_PROVIDER",
@@ -119,23 +119,6 @@ def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise TelemetrySettingsError(f"{name}={raw!r}: expected a positive integer, e.g. {default}")
     return value
-
-
-def _float_env(env: Mapping[str, str], names: Sequence[str], default: float) -> float:
-    for name in names:
-        raw = env.get(name)
-        if raw is None or raw.strip() == "":
-            continue
-        try:
-            value = float(raw)
-        except ValueError:
-            value = -1.0
-        if not value > 0:
-            raise TelemetrySettingsError(
-                f"{name}={raw!r}: expected a positive number, e.g. {default}"
-            )
-        return value
-    return default
 
 
 def _parse_headers(raw: str) -> dict[str, str]:
@@ -275,7 +258,7 @@ class TracingConfig:
                 env.get("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
                 or env.get("OTEL_EXPORTER_OTLP_HEADERS", "")
             ),
-            timeout_s=_float_env(
+            timeout_s=positive_float_env(
                 env, ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"), 10.0
             ),
             compression=None if compression == "none" else compression,
