@@ -62,63 +62,11 @@ class Settings:
             telemetry = TelemetrySettings.from_env(env, service_version=__version__)
         except TelemetrySettingsError as exc:
             raise SettingsError(str(exc)) from None
-        settings = cls(
-            host=reader.get("HITL_HOST", str, defaults.host),
-            port=reader.get("HITL_PORT", _port, defaults.port),
-            database_url=reader.get("HITL_DATABASE_URL", _postgres_url, defaults.database_url),
-            redis_url=reader.get("HITL_REDIS_URL", _redis_url, defaults.redis_url),
-            redis_key_prefix=reader.get("HITL_REDIS_KEY_PREFIX", str, defaults.redis_key_prefix),
-            redis_timeout_seconds=reader.get(
-                "HITL_REDIS_TIMEOUT_SECONDS", _positive_float, defaults.redis_timeout_seconds
-            ),
-            api_keys_file=reader.get("HITL_API_KEYS_FILE", Path, defaults.api_keys_file),
-            db_pool_min=reader.get("HITL_DB_POOL_MIN", _non_negative_int, defaults.db_pool_min),
-            db_pool_max=reader.get("HITL_DB_POOL_MAX", _positive_int, defaults.db_pool_max),
-            db_timeout_seconds=reader.get(
-                "HITL_DB_TIMEOUT_SECONDS", _positive_float, defaults.db_timeout_seconds
-            ),
-            db_connect_deadline_seconds=reader.get(
-                "HITL_DB_CONNECT_DEADLINE_SECONDS",
-                _positive_float,
-                defaults.db_connect_deadline_seconds,
-            ),
-            review_cache_ttl_seconds=reader.get(
-                "HITL_REVIEW_CACHE_TTL_SECONDS", _positive_int, defaults.review_cache_ttl_seconds
-            ),
-            stats_cache_ttl_seconds=reader.get(
-                "HITL_STATS_CACHE_TTL_SECONDS", _positive_int, defaults.stats_cache_ttl_seconds
-            ),
-            max_body_bytes=reader.get(
-                "HITL_MAX_BODY_BYTES", _positive_int, defaults.max_body_bytes
-            ),
-            anomaly_threshold=reader.get(
-                "HITL_ANOMALY_THRESHOLD", _unit_interval, defaults.anomaly_threshold
-            ),
-            decision_webhook_url=reader.get("HITL_DECISION_WEBHOOK_URL", _http_url, None),
-            webhook_timeout_seconds=reader.get(
-                "HITL_WEBHOOK_TIMEOUT_SECONDS", _positive_float, defaults.webhook_timeout_seconds
-            ),
-            webhook_base_backoff_seconds=reader.get(
-                "HITL_WEBHOOK_BASE_BACKOFF_SECONDS",
-                _positive_float,
-                defaults.webhook_base_backoff_seconds,
-            ),
-            webhook_poll_seconds=reader.get(
-                "HITL_WEBHOOK_POLL_SECONDS", _positive_float, defaults.webhook_poll_seconds
-            ),
-            webhook_max_backoff_seconds=reader.get(
-                "HITL_WEBHOOK_MAX_BACKOFF_SECONDS",
-                _positive_float,
-                defaults.webhook_max_backoff_seconds,
-            ),
-            cache_stats_interval_seconds=reader.get(
-                "HITL_CACHE_STATS_INTERVAL_SECONDS",
-                _positive_float,
-                defaults.cache_stats_interval_seconds,
-            ),
-            enable_test_routes=reader.get("HITL_ENABLE_TEST_ROUTES", _boolean, False),
-            telemetry=telemetry,
-        )
+        values = {
+            name: reader.get(f"HITL_{name.upper()}", parse, getattr(defaults, name))
+            for name, parse in PARSERS.items()
+        }
+        settings = cls(**values, telemetry=telemetry)
         if settings.db_pool_min > settings.db_pool_max:
             raise SettingsError(
                 f"HITL_DB_POOL_MIN={settings.db_pool_min} is larger than "
@@ -222,3 +170,31 @@ def _http_url(raw: str) -> str:
     if parts.scheme not in {"http", "https"} or not parts.hostname:
         raise ValueError("an http(s) URL like http://127.0.0.1:9000/decisions")
     return raw
+
+
+# Every field but ``telemetry`` is read from HITL_<FIELD NAME IN CAPITALS> with its
+# parser; a parser's ValueError message says what the value should look like.
+PARSERS: dict[str, Callable[[str], object]] = {
+    "host": str,
+    "port": _port,
+    "database_url": _postgres_url,
+    "redis_url": _redis_url,
+    "redis_key_prefix": str,
+    "redis_timeout_seconds": _positive_float,
+    "api_keys_file": Path,
+    "db_pool_min": _non_negative_int,
+    "db_pool_max": _positive_int,
+    "db_timeout_seconds": _positive_float,
+    "db_connect_deadline_seconds": _positive_float,
+    "review_cache_ttl_seconds": _positive_int,
+    "stats_cache_ttl_seconds": _positive_int,
+    "max_body_bytes": _positive_int,
+    "anomaly_threshold": _unit_interval,
+    "decision_webhook_url": _http_url,
+    "webhook_timeout_seconds": _positive_float,
+    "webhook_base_backoff_seconds": _positive_float,
+    "webhook_max_backoff_seconds": _positive_float,
+    "webhook_poll_seconds": _positive_float,
+    "cache_stats_interval_seconds": _positive_float,
+    "enable_test_routes": _boolean,
+}

@@ -7,13 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from service.auth import ApiKeys
-from service.config import Settings, SettingsError
+from service.config import PARSERS, Settings, SettingsError
 from tests.conftest import Keys
 from tests.service.conftest import MakeClient
 from tests.service.helpers import KEY_SHAPE, submit
@@ -165,3 +166,12 @@ def test_keys_add_refuses_unknown_roles(tmp_path: Path, roles: str) -> None:
     assert proc.returncode != 0
     assert proc.stdout == ""
     assert not keys_file.exists()
+
+
+def test_every_setting_is_configurable() -> None:
+    """Each Settings field but telemetry has an HITL_* variable and a parser, and the
+    README's configuration table names every one of those variables."""
+    names = {f.name for f in fields(Settings)} - {"telemetry"}
+    assert set(PARSERS) == names
+    readme = (REPO / "README.md").read_text()
+    assert [n for n in names if f"HITL_{n.upper()}" not in readme] == []
