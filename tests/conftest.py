@@ -79,6 +79,7 @@ def database_url() -> Iterator[str]:
     asyncio.run(apply_migrations(url))
     yield url
     asyncio.run(drop_database(url))
+    asyncio.run(delete_run_keys())
 
 
 @pytest.fixture
@@ -89,6 +90,12 @@ async def clean_state(database_url: str) -> AsyncIterator[None]:
         await cur.execute("ALTER TABLE review_decisions DISABLE TRIGGER USER")
         await cur.execute(f"TRUNCATE {TABLES}")
         await cur.execute("ALTER TABLE review_decisions ENABLE TRIGGER USER")
+    await delete_run_keys()
+    yield
+
+
+async def delete_run_keys() -> None:
+    """Delete every Redis key of this test run (and no one else's)."""
     client = aioredis.from_url(REDIS_URL)
     try:
         keys = [k async for k in client.scan_iter(match=f"hitl-test:{RUN_ID}:*")]
@@ -96,7 +103,6 @@ async def clean_state(database_url: str) -> AsyncIterator[None]:
             await client.delete(*keys)
     finally:
         await client.aclose()
-    yield
 
 
 @dataclass(frozen=True)
