@@ -92,54 +92,28 @@ class _Reader:
             raise SettingsError(f"{name}={raw!r}: expected {exc}") from None
 
 
-def _port(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise ValueError("a TCP port number from 0 to 65535, e.g. 8000")
-    return value
+def _bounded(
+    convert: Callable[[str], T], accept: Callable[[T], bool], expected: str
+) -> Callable[[str], T]:
+    """A parser: ``convert`` the text, then require ``accept``; else say ``expected``."""
+
+    def parse(raw: str) -> T:
+        try:
+            value = convert(raw)
+        except ValueError:
+            raise ValueError(expected) from None
+        if not accept(value):  # NaN fails every comparison, so it is refused too
+            raise ValueError(expected)
+        return value
+
+    return parse
 
 
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ValueError("a positive whole number, e.g. 10")
-    return value
-
-
-def _non_negative_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError("a whole number >= 0, e.g. 1")
-    return value
-
-
-def _positive_float(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise ValueError("a positive number of seconds, e.g. 0.5")
-    return value
-
-
-def _unit_interval(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise ValueError("a number from 0 to 1, e.g. 0.5")
-    return value
+_port = _bounded(int, lambda v: 0 <= v <= 65535, "a TCP port number from 0 to 65535, e.g. 8000")
+_positive_int = _bounded(int, lambda v: v > 0, "a positive whole number, e.g. 10")
+_non_negative_int = _bounded(int, lambda v: v >= 0, "a whole number >= 0, e.g. 1")
+_positive_float = _bounded(float, lambda v: v > 0, "a positive number of seconds, e.g. 0.5")
+_unit_interval = _bounded(float, lambda v: 0.0 <= v <= 1.0, "a number from 0 to 1, e.g. 0.5")
 
 
 def _boolean(raw: str) -> bool:

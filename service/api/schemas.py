@@ -137,15 +137,7 @@ REVIEW = {
     "type": "object",
     "required": [
         "id",
-        "apv_id",
-        "apv_code",
-        "cve_id",
-        "severity",
-        "source",
-        "package",
-        "patch",
-        "confidence",
-        "anomaly_score",
+        *APV_SUBMISSION["required"],  # type: ignore[misc]
         "status",
         "created_at",
         "decided_at",
