@@ -51,6 +51,8 @@ SEED_COMMANDS = (
     "docker exec hitl-alertmanager amtool check-config /etc/alertmanager/alertmanager.yml",
     "docker exec hitl-alertmanager amtool config routes test --config.file=/etc/alertmanager/alertmanager.yml",
 )
+# Documents whose `docker <verb> <container>` commands must name a real container.
+DOCS = [ROOT / "README.md", ROOT / "ops" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|CREDENTIAL", re.I)
 
 
@@ -351,3 +353,21 @@ def test_seed_paths_are_loaded_once() -> None:
     assert len(loaded) == len(set(loaded))
     assert repo_path("prometheus", "/etc/prometheus/alerts.yml").resolve() in loaded
 
+
+def test_docs_docker_commands_name_containers_that_exist() -> None:
+    """Every `docker exec|logs|stop|restart|... <name>` in the docs names a container of
+    docker-compose.yml; hitl-api (no fixed name) is reached with `docker compose`."""
+    names = {s["container_name"] for s in SERVICES.values() if "container_name" in s}
+    verbs = r"(?:exec|logs|stop|start|restart|kill|inspect|top|stats|attach|rm|cp|port|pause|unpause)"
+    command = re.compile(rf"\bdocker\s+{verbs}\s+((?:-\S+\s+(?:\d+\s+)?)*)([A-Za-z0-9][\w.-]*)")
+    seen = 0
+    for doc in DOCS:
+        for match in command.finditer(doc.read_text()):
+            name = match.group(2).split(":")[0]  # docker cp hitl-x:/path
+            assert name in names, f"{doc.relative_to(ROOT)}: `{match.group(0)}` names no container"
+            seen += 1
+    assert seen, "no docker command in the docs: the README section is missing"
+    networks = {network.get("name", key) for key, network in SPEC["networks"].items()}
+    for doc in DOCS:
+        for match in re.finditer(r"\bdocker\s+network\s+inspect\s+([A-Za-z0-9][\w-]*)", doc.read_text()):
+            assert match.group(1) in networks, f"{doc.relative_to(ROOT)}: `{match.group(0)}` names no network"
