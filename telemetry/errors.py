@@ -10,31 +10,15 @@ from __future__ import annotations
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from .keys import REQUEST_ID
 from .metrics import Metrics
-from .problems import Problem, ProblemMapper, problem_response
+from .problems import Problem, ProblemMapper, http_title, problem_response
 
 log = structlog.get_logger("telemetry.errors")
-
-_HTTP_TITLES = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    406: "Not Acceptable",
-    409: "Conflict",
-    413: "Content Too Large",
-    415: "Unsupported Media Type",
-    422: "Unprocessable Content",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
 
 
 def _problem_from_http_exception(exc: web.HTTPException) -> Problem:
@@ -44,13 +28,13 @@ def _problem_from_http_exception(exc: web.HTTPException) -> Problem:
     detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else None
     return Problem(
         status=exc.status,
-        title=_HTTP_TITLES.get(exc.status, exc.reason),
+        title=http_title(exc.status, exc.reason),
         detail=detail,
         headers=headers,
     )
 
 
-def errors_middleware(metrics: Metrics, mapper: ProblemMapper | None) -> web.middleware:  # type: ignore[valid-type]
+def errors_middleware(metrics: Metrics, mapper: ProblemMapper | None) -> Middleware:
     @web.middleware
     async def handle_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:

@@ -12,6 +12,29 @@ from aiohttp import web
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://hitl.dev/problems/"
 
+# RFC 9110's reason phrases (Python 3.11's HTTPStatus still has the pre-9110 names for
+# 413 and 422): the one source of problem titles, for telemetry and the service alike.
+HTTP_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+def http_title(status: int, fallback: str = "Error") -> str:
+    """The problem title for an HTTP status."""
+    return HTTP_TITLES.get(status, fallback)
+
 
 @dataclass(frozen=True, slots=True)
 class Problem:

@@ -9,7 +9,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ..domain.errors import BadRequest, FieldError, ValidationFailed
+from ..domain.errors import (
+    BadRequest,
+    BodyTooLarge,
+    FieldError,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 
 # Integers longer than this are no identifier, score or count of ours; refusing them
 # early also keeps PostgreSQL's numeric overflow from turning into a 500.
@@ -19,14 +25,14 @@ MAX_INTEGER_DIGITS = 30
 async def read_json(request: web.Request) -> Any:
     content_type = request.content_type
     if content_type != "application/json" and not content_type.endswith("+json"):
-        raise BadRequest(
-            f"expected Content-Type: application/json, got {content_type or 'none'}", status=415
+        raise UnsupportedMediaType(
+            f"expected Content-Type: application/json, got {content_type or 'none'}"
         )
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise BadRequest(
-            f"the body is larger than the limit of {request.client_max_size} bytes", status=413
+        raise BodyTooLarge(
+            f"the body is larger than the limit of {request.client_max_size} bytes"
         ) from None
     try:
         body = json.loads(

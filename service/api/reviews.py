@@ -44,7 +44,7 @@ async def list_reviews(request: web.Request) -> web.Response:
         if not storable(query.get(name, "")):
             errors.append(FieldError(name, UNSTORABLE))
     if errors:
-        raise ValidationFailed(errors)
+        raise ValidationFailed(errors, location="query")
     items, next_cursor = await request.app[REVIEWS].list(
         status=status,
         severity=severity,

@@ -18,9 +18,13 @@ class FieldError:
 
 
 class ValidationFailed(DomainError):
-    def __init__(self, errors: Sequence[FieldError]) -> None:
+    """Input that was read but is not acceptable. ``location`` says where it came from:
+    the request ``body`` (fields are JSON pointers) or the ``query`` (parameter names)."""
+
+    def __init__(self, errors: Sequence[FieldError], *, location: str = "body") -> None:
         super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
         self.errors = list(errors)
+        self.location = location
 
 
 class BadRequest(DomainError):
@@ -30,6 +34,16 @@ class BadRequest(DomainError):
         super().__init__(detail)
         self.detail = detail
         self.status = status
+
+
+class UnsupportedMediaType(BadRequest):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, status=415)
+
+
+class BodyTooLarge(BadRequest):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, status=413)
 
 
 class ReviewNotFound(DomainError):

@@ -290,7 +290,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         uuid.UUID(review_id)
         return datetime.fromisoformat(created), review_id
     except (ValueError, TypeError, binascii.Error):
-        raise ValidationFailed([FieldError("cursor", "is not a cursor this API issued")]) from None
+        raise ValidationFailed(
+            [FieldError("cursor", "is not a cursor this API issued")], location="query"
+        ) from None
 
 
 def _iso(value: datetime | None) -> str | None:
