@@ -11,9 +11,10 @@ from aiohttp import web
 
 import telemetry
 from telemetry.instrumentation import client_trace_configs, create_aiopg_pool, instrument_redis
+from telemetry.tracing import untraced
 
 from .api import apv, health, openapi, reviews, testing
-from .api.problems import problem_for
+from .api.problems import APP_ERROR_LABELS, problem_for
 from .auth import ApiKeys
 from .background import Stopping, background
 from .config import Settings
@@ -32,7 +33,9 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[API_KEYS] = ApiKeys.load(settings.api_keys_file)
-    metrics = telemetry.setup(app, settings.telemetry, problem_mapper=problem_for)
+    metrics = telemetry.setup(
+        app, settings.telemetry, problem_mapper=problem_for, app_error_labels=APP_ERROR_LABELS
+    )
 
     app.router.add_routes(health.routes)
     app.router.add_routes(reviews.routes)
@@ -158,13 +161,15 @@ async def cache_evictions_ctx(app: web.Application) -> AsyncIterator[None]:
     interval = app[SETTINGS].cache_stats_interval_seconds
 
     async def poll(stopping: Stopping) -> None:
-        last = await cache.evicted_keys()
-        while not stopping.is_set:
-            await stopping.sleep(interval)
-            now = await cache.evicted_keys()
-            if now is not None and last is not None and now > last:
-                metrics.record_cache_evictions(now - last)
-            last = now if now is not None else last
+        # Machine chatter: an INFO every few seconds must not start a trace each time.
+        with untraced():
+            last = await cache.evicted_keys()
+            while not stopping.is_set:
+                await stopping.sleep(interval)
+                now = await cache.evicted_keys()
+                if now is not None and last is not None and now > last:
+                    metrics.record_cache_evictions(now - last)
+                last = now if now is not None else last
 
     async with background("hitl-cache-evictions", poll):
         yield

@@ -4,7 +4,7 @@ A decision and its notification are written in one transaction (see
 ReviewService.decide). This worker leases due rows (so a crash mid-delivery only
 delays a row until its lease runs out), POSTs each one inside a span whose parent is
 the decision request's stored trace context, marks it delivered on 2xx, and otherwise
-schedules the next attempt with exponential backoff and full jitter.
+schedules the next attempt with exponential backoff and equal jitter.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 
 from telemetry import Metrics
-from telemetry.tracing import continue_trace
+from telemetry.tracing import continue_trace, untraced
 
 from .background import Stopping
 from .storage.db import Database, Row
@@ -74,7 +74,10 @@ class OutboxWorker:
             self._wakeup.clear()
 
     async def deliver_due(self) -> bool:
-        rows = await self._lease_due()
+        # An idle poll (every poll_seconds, forever) must not start a trace; the work
+        # a lease returns is traced under each decision's own trace instead.
+        with untraced():
+            rows = await self._lease_due()
         for row in rows:
             await self._deliver(row)
         return bool(rows)
@@ -103,6 +106,13 @@ class OutboxWorker:
         )
 
     async def _deliver(self, row: Row) -> None:
+        """POST one row and record the outcome, all inside the decision's trace: its
+        spans and every log line about this delivery name the decision's trace id."""
+        carrier: dict[str, Any] = row["trace_context"] or {}
+        with continue_trace(self._app, carrier, "webhook deliver"):
+            await self._deliver_in_trace(row)
+
+    async def _deliver_in_trace(self, row: Row) -> None:
         error = await self._post(row)
         if error is None:
             await self._db.execute(
@@ -137,20 +147,18 @@ class OutboxWorker:
 
     async def _post(self, row: Row) -> str | None:
         """None on success, else what went wrong."""
-        carrier: dict[str, Any] = row["trace_context"] or {}
         headers = {"X-Hitl-Delivery-Id": str(row["id"]), "Idempotency-Key": f"outbox-{row['id']}"}
-        with continue_trace(self._app, carrier, "webhook deliver"):
-            try:
-                timeout = aiohttp.ClientTimeout(total=self.policy.timeout_seconds)
-                async with self._session.post(
-                    self.policy.url, json=row["payload"], headers=headers, timeout=timeout
-                ) as response:
-                    await response.read()
-                    if 200 <= response.status < 300:
-                        return None
-                    return f"HTTP {response.status}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                return f"{type(exc).__name__}: {exc}"[:300]
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.policy.timeout_seconds)
+            async with self._session.post(
+                self.policy.url, json=row["payload"], headers=headers, timeout=timeout
+            ) as response:
+                await response.read()
+                if 200 <= response.status < 300:
+                    return None
+                return f"HTTP {response.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return f"{type(exc).__name__}: {exc}"[:300]
 
     def backoff(self, attempts: int) -> float:
         ceiling = min(

@@ -9,6 +9,8 @@ Middlewares, outermost first: tracing, request context, metrics, errors.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from aiohttp import web
 
 from .context import setup_request_context
@@ -39,17 +41,21 @@ def setup(
     settings: TelemetrySettings,
     *,
     problem_mapper: ProblemMapper | None = None,
+    app_error_labels: Iterable[tuple[str, str]] = (),
 ) -> Metrics:
     """Attach every telemetry middleware, route and signal to ``app``.
 
-    The order of the calls below is the order of the middlewares.
+    ``app_error_labels``: every (type, severity) the ``problem_mapper`` can answer
+    with, pre-created at 0 in ``app_errors_total``. The order of the calls below is
+    the order of the middlewares.
     """
     configure_logging(settings)
     metrics = Metrics(settings)
+    metrics.preinitialise_app_errors(app_error_labels)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     setup_tracing(app, settings, metrics)
-    setup_request_context(app)
+    setup_request_context(app, settings)
     setup_metrics(app, settings, metrics)
     setup_errors(app, metrics, problem_mapper)
     return metrics

@@ -30,10 +30,12 @@ from .middleware import (
     route_template,
 )
 from .server_spans import SERVER_SPAN
+from .settings import TelemetrySettings
 from .tracing import traceparent_header
 
 __all__ = [
     "REQUEST_ID_HEADER",
+    "access_log_level",
     "access_log_middleware",
     "request_id_for",
     "setup_request_context",
@@ -54,7 +56,23 @@ def request_id_for(request: web.BaseRequest) -> str:
     return uuid.uuid4().hex
 
 
-def access_log_middleware() -> Middleware:
+def access_log_level(route: str, status: int, probe_prefixes: tuple[str, ...]) -> str:
+    """The level of a request's access line.
+
+    Probes and scrapes at debug (a line per probe every few seconds is noise); a
+    5xx is the service failing: error; a 4xx is the client's mistake, worth a look
+    when it repeats: warning (499, the client hung up, included); the rest info.
+    """
+    if route.startswith(probe_prefixes):
+        return "debug"
+    if status >= 500:
+        return "error"
+    if status >= 400:
+        return "warning"
+    return "info"
+
+
+def access_log_middleware(probe_prefixes: tuple[str, ...] = ()) -> Middleware:
     """Bind request_id for the request's logs; write one access line at the end."""
 
     @web.middleware
@@ -74,10 +92,12 @@ def access_log_middleware() -> Middleware:
             duration = request.get(REQUEST_DURATION)
             if duration is None:  # metrics middleware absent or bypassed
                 duration = time.perf_counter() - started
-            access_log.info(
+            route = route_template(request)
+            write = getattr(access_log, access_log_level(route, outcome.status, probe_prefixes))
+            write(
                 "request",
                 method=request.method,
-                route=route_template(request),
+                route=route,
                 path=request.path,
                 status=outcome.status,
                 duration_ms=round(duration * 1000, 3),
@@ -103,6 +123,6 @@ async def _add_correlation_headers(request: web.Request, response: web.StreamRes
         response.headers["traceparent"] = traceparent
 
 
-def setup_request_context(app: web.Application) -> None:
-    app.middlewares.append(access_log_middleware())
+def setup_request_context(app: web.Application, settings: TelemetrySettings) -> None:
+    app.middlewares.append(access_log_middleware(settings.probe_prefixes))
     app.on_response_prepare.append(_add_correlation_headers)

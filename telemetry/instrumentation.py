@@ -28,6 +28,7 @@ from opentelemetry.instrumentation.aiopg.aiopg_integration import (
 )
 from opentelemetry.instrumentation.aiopg.version import __version__ as _aiopg_version
 from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.metrics import NoOpMeterProvider
 
 from .tracing import app_tracing, redact_query
@@ -68,11 +69,16 @@ class _TracedCursor(AsyncProxyObject):
         self._self_tracer = tracer  # wrapt: "_self_" attributes stay on the proxy
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
-        wrapped = self.__wrapped__.execute
-        return await self._self_tracer.traced_execution(self, wrapped, *args, **kwargs)
+        return await self._traced(self.__wrapped__.execute, *args, **kwargs)
 
     async def callproc(self, *args: Any, **kwargs: Any) -> Any:
-        wrapped = self.__wrapped__.callproc
+        return await self._traced(self.__wrapped__.callproc, *args, **kwargs)
+
+    async def _traced(self, wrapped: Any, *args: Any, **kwargs: Any) -> Any:
+        # The aiopg integration ignores suppress_instrumentation (the dbapi and redis
+        # ones honour it); an untraced() block must stay spanless here too.
+        if not is_instrumentation_enabled():
+            return await wrapped(*args, **kwargs)
         return await self._self_tracer.traced_execution(self, wrapped, *args, **kwargs)
 
 

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import platform
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Final
 
 import structlog
@@ -119,6 +119,21 @@ CACHE_RESULTS: Final[Mapping[str, tuple[str, ...]]] = {
     "delete": ("ok", "error"),
 }
 WEBHOOK_RESULTS: Final = ("delivered", "failed")
+# db_query_errors_total{error_type} values known before any query fails: the DB-API
+# (PEP 249) exception classes, and the two ways an awaited query is abandoned. Driver
+# subclasses (psycopg2's UniqueViolation, say) still get their own series when raised.
+DB_ERROR_TYPES: Final = (
+    "InterfaceError",
+    "DatabaseError",
+    "DataError",
+    "OperationalError",
+    "IntegrityError",
+    "InternalError",
+    "ProgrammingError",
+    "NotSupportedError",
+    "TimeoutError",
+    "CancelledError",
+)
 
 # A collector runs inside the scrape: one that hangs must not hold /metrics past
 # Prometheus' default 10 s scrape timeout.
@@ -314,6 +329,8 @@ class Metrics:
                 self.cache_operations_total.set({"operation": operation, "result": result}, 0)
         for result in WEBHOOK_RESULTS:
             self.hitl_webhook_deliveries_total.set({"result": result}, 0)
+        for error_type in DB_ERROR_TYPES:
+            self.db_query_errors_total.set({"error_type": error_type}, 0)
         self.hitl_build_info.set(
             _labels(
                 version=self.settings.service_version,
@@ -473,6 +490,15 @@ class Metrics:
         return body, {str(name): str(value) for name, value in headers.items()}
 
     # -- errors ----------------------------------------------------------------------
+
+    def preinitialise_app_errors(self, labels: Iterable[tuple[str, str]]) -> None:
+        """Create app_errors_total{type, severity} at 0 for every pair the caller can
+        raise, so error panels and ratios read 0 on a healthy service, not "No data".
+        Pairs already counted keep their value."""
+        for error_type, severity in labels:
+            key = _labels(type=error_type, severity=severity)
+            if key not in self.app_errors_total.values:
+                self.app_errors_total.set(key, 0)
 
     def record_app_error(self, *, type: str, severity: str) -> None:
         self.app_errors_total.inc(_labels(type=type, severity=severity))

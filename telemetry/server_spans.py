@@ -33,6 +33,7 @@ from .tracing import (
     TracingConfig,
     redact_query,
     tracer_provider_ctx,
+    untraced,
 )
 
 __all__ = ["SERVER_SPAN", "setup_tracing", "tracing_middleware"]
@@ -91,6 +92,11 @@ def tracing_middleware(tracing: Tracing) -> Middleware:
         ):
             return await handler(request)
         route = _matched_route(request)
+        if route is not None and route.startswith(tracing.settings.probe_prefixes):
+            # Probes and scrapes: no server span, and no parentless SQL/Redis spans
+            # from what their handlers (readiness checks, collectors) do either.
+            with untraced():
+                return await handler(request)
         method = (
             request.method if request.method.isalpha() and len(request.method) <= 16 else "HTTP"
         )

@@ -32,6 +32,10 @@ class TelemetrySettings:
     # Requests whose route template starts with one of these never count toward SLOs
     # (health probes and scrapes would otherwise dilute the error budget).
     slo_excluded_prefixes: tuple[str, ...] = ("/api/health", "/metrics")
+    # Health probes and metric scrapes: routes hit every few seconds by machines. They
+    # still count in http_requests_total, but are not traced (a trace per scrape
+    # would drown real traces) and their access-log lines are at debug.
+    probe_prefixes: tuple[str, ...] = ("/api/health", "/metrics")
     log_level: str = "INFO"
     # "json", "console" or "auto" (console when stdout is a TTY).
     log_format: str = "auto"

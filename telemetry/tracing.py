@@ -47,6 +47,7 @@ from opentelemetry.instrumentation._semconv import (
     _StabilityMode,
 )
 from opentelemetry.instrumentation.aiohttp_server.version import __version__ as _server_version
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -78,6 +79,7 @@ __all__ = [
     "redact_query",
     "traceparent_header",
     "tracer_provider_ctx",
+    "untraced",
 ]
 
 log = structlog.get_logger("telemetry.tracing")
@@ -704,6 +706,18 @@ def context_carrier() -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def untraced() -> Iterator[None]:
+    """Run the block without spans: no server, SQL, Redis or HTTP client span starts.
+
+    For machine chatter (an idle poll of a background loop, a health probe, a
+    scrape): work that repeats every few seconds and would otherwise start a
+    parentless trace each time, drowning real traces and skewing sampling.
+    """
+    with suppress_instrumentation():
+        yield
+
+
+@contextlib.contextmanager
 def continue_trace(
     app: web.Application,
     carrier: Mapping[str, str],
@@ -715,9 +729,9 @@ def continue_trace(
     """Run the block in a new span whose parent is the stored ``carrier`` context.
 
     Client calls made inside (with
-    :func:`telemetry.instrumentation.client_trace_configs`) join that trace.
-    With tracing off, the stored context itself is made current so the outgoing
-    ``traceparent`` still names the original trace.
+    :func:`telemetry.instrumentation.client_trace_configs`) join that trace, and so
+    does every log line written inside. With tracing off, the stored context itself
+    is made current, so those log lines still name the original trace.
     """
     parent = propagate.extract(dict(carrier))
     tracing = app_tracing(app)

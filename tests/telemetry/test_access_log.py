@@ -35,7 +35,7 @@ async def test_streamed_response_size_matches_metrics(
 async def test_head_logs_no_body(aiohttp_client: Any, capsys: pytest.CaptureFixture[str]) -> None:
     """A HEAD answer sends no body, and its access line says 0 bytes."""
     client = await aiohttp_client(build_app())
-    resp = await client.head("/api/health")
+    resp = await client.head("/api/reviews/r-1")
     assert resp.status == 200
     (line,) = [x for x in access_lines(capsys.readouterr().out) if x["method"] == "HEAD"]
     assert line["response_bytes"] == 0
