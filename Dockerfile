@@ -1,10 +1,13 @@
 # hitl-api image: the service alone; the monitoring stack lives in docker-compose.yml.
+# Dependencies come from the lock file (exact versions, hashes checked; `make lock`),
+# the service from its own wheel, so an image built today and one built next month
+# run the same code. tests/packaging/test_wheel.py performs the same steps.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY setup.cfg pyproject.toml README.md ./
 COPY service ./service
 COPY telemetry ./telemetry
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
 # hitl_build_info{commit=...}: docker build --build-arg HITL_BUILD_COMMIT=$(git rev-parse --short HEAD)
@@ -15,8 +18,13 @@ ENV HITL_BUILD_COMMIT=${HITL_BUILD_COMMIT} \
     HITL_HOST=0.0.0.0 \
     HITL_PORT=8000 \
     HITL_LOG_FORMAT=json
+COPY ops/requirements/runtime.lock.txt /tmp/runtime.lock.txt
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+# pip check: a lock that no longer satisfies setup.cfg fails the build, not the first request.
+RUN pip install --no-cache-dir --require-hashes --no-deps -r /tmp/runtime.lock.txt \
+    && pip install --no-cache-dir --no-deps /wheels/*.whl \
+    && pip check \
+    && rm -rf /wheels /tmp/runtime.lock.txt \
     && useradd --system --uid 10001 --home-dir /app --create-home hitl
 USER hitl
 WORKDIR /app

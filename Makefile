@@ -9,7 +9,7 @@ HITL_PORT ?= 8000
 HITL_API_KEYS_FILE ?= $(CURDIR)/.local/api-keys.json
 export HITL_HOST HITL_PORT HITL_API_KEYS_FILE
 
-.PHONY: run test stack rules lint typecheck tools services clean
+.PHONY: run test stack rules lint typecheck tools services lock clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,24 @@ rules: $(VENV)/.installed
 ## Prometheus, Alertmanager and exporters as plain processes on loopback (no Docker).
 stack: $(VENV)/.installed tools
 	bash ops/stack/run.sh
+
+## Regenerate the runtime lock file (exact versions + hashes, from PyPI, for Python 3.11
+## on Linux) that the Dockerfile installs. Pins already in the file are kept while
+## setup.cfg allows them; `make lock LOCK_FLAGS=--upgrade` moves everything to the newest.
+LOCK := ops/requirements/runtime.lock.txt
+LOCK_TOOLS := .local/lock-tools
+UV_VERSION := 0.13.8
+LOCK_INDEX_URL ?= https://pypi.org/simple
+LOCK_FLAGS ?=
+lock:
+	rm -rf $(LOCK_TOOLS)
+	$(PYTHON) -m venv $(LOCK_TOOLS)
+	PIP_CONFIG_FILE=/dev/null $(LOCK_TOOLS)/bin/pip install -q --index-url $(LOCK_INDEX_URL) uv==$(UV_VERSION)
+	env -u UV_EXTRA_INDEX_URL -u UV_FIND_LINKS -u UV_INDEX -u UV_DEFAULT_INDEX \
+	  $(LOCK_TOOLS)/bin/uv pip compile setup.cfg --quiet --no-config --generate-hashes \
+	  --index-url $(LOCK_INDEX_URL) --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
+	  --custom-compile-command "make lock" $(LOCK_FLAGS) -o $(LOCK)
+	rm -rf $(LOCK_TOOLS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check service telemetry tests ops
