@@ -14,12 +14,13 @@ from telemetry.instrumentation import client_trace_configs, create_aiopg_pool, i
 from telemetry.tracing import untraced
 
 from .api import apv, health, openapi, reviews, testing
+from .api.health import Readiness
 from .api.problems import APP_ERROR_LABELS, problem_for
 from .auth import ApiKeys
 from .background import Stopping, background
 from .config import Settings
 from .domain.reviews import ReviewPolicy, ReviewService
-from .keys import API_KEYS, CACHE, DB, HTTP_CLIENT, REVIEWS, SETTINGS
+from .keys import API_KEYS, CACHE, DB, HTTP_CLIENT, READINESS, REVIEWS, SETTINGS
 from .outbox import OutboxPolicy, OutboxWorker
 from .storage.cache import Cache
 from .storage.db import Database, open_pool
@@ -51,6 +52,7 @@ def create_app(settings: Settings) -> web.Application:
     # close in reverse.
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(readiness_ctx)
     app.cleanup_ctx.append(http_client_ctx)
     app.cleanup_ctx.append(review_service_ctx)
     app.cleanup_ctx.append(outbox_ctx)
@@ -103,6 +105,12 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     app[CACHE] = Cache(client, app[telemetry.METRICS], prefix=settings.redis_key_prefix)
     yield
     await client.aclose()
+
+
+async def readiness_ctx(app: web.Application) -> AsyncIterator[None]:
+    # /api/health/ready asks these two probes and nothing else of the app.
+    app[READINESS] = Readiness(postgres=app[DB].ping, redis=app[CACHE].ping)
+    yield
 
 
 async def http_client_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..keys import CACHE, REVIEWS
+from ..keys import READINESS
 from .bodies import json_response
 
 routes = web.RouteTableDef()
 
 PROBE_TIMEOUT_SECONDS = 1.0
+
+# True when the dependency answers; False or an exception when it does not.
+Probe = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """What readiness asks, and nothing more: the app factory builds it from the
+    database's and the cache's ping."""
+
+    postgres: Probe
+    redis: Probe
 
 
 @routes.get("/api/health", name="health")
@@ -24,7 +38,8 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """Ready: PostgreSQL answers (else 503). Redis down only degrades: the cache is
     optional, every read falls back to PostgreSQL."""
-    postgres, redis = await asyncio.gather(_postgres_ok(request), _redis_ok(request))
+    readiness = request.app[READINESS]
+    postgres, redis = await asyncio.gather(_ok(readiness.postgres), _ok(readiness.redis))
     checks = {
         "postgres": "ok" if postgres else "unavailable",
         "redis": "ok" if redis else "unavailable",
@@ -34,16 +49,8 @@ async def ready(request: web.Request) -> web.Response:
     return json_response({"status": "ready" if redis else "degraded", "checks": checks})
 
 
-async def _postgres_ok(request: web.Request) -> bool:
+async def _ok(probe: Probe) -> bool:
     try:
-        await asyncio.wait_for(request.app[REVIEWS].store.ping(), PROBE_TIMEOUT_SECONDS)
+        return await asyncio.wait_for(probe(), PROBE_TIMEOUT_SECONDS)
     except Exception:  # any failure means "not ready"; the probe must not crash
-        return False
-    return True
-
-
-async def _redis_ok(request: web.Request) -> bool:
-    try:
-        return await asyncio.wait_for(request.app[CACHE].ping(), PROBE_TIMEOUT_SECONDS)
-    except TimeoutError:
         return False

@@ -103,6 +103,11 @@ class Database:
         async with self.connection() as ex:
             return await ex.execute(operation, sql, params)
 
+    async def ping(self) -> bool:
+        """True when PostgreSQL answers a statement; raises when it cannot."""
+        await self.fetchone("ping", "SELECT 1")
+        return True
+
     def pool_usage(self) -> tuple[int, int, int]:
         """(active, idle, maximum) connections of the pool right now."""
         idle = self.pool.freesize

@@ -254,9 +254,6 @@ class ReviewStore:
         assert row is not None
         return row
 
-    async def ping(self) -> None:
-        await self.db.fetchone("ping", "SELECT 1")
-
 
 def _prefixed_columns(alias: str) -> str:
     columns = [c.strip() for c in _REVIEW_COLUMNS.replace("\n", " ").split(",")]
