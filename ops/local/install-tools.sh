@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test-suite drives: promtool/Prometheus,
-# Alertmanager/amtool, the exporters and docker-compose (config validation only).
+# Alertmanager/amtool, the exporters, docker-compose (config validation only) and
+# python3-venv (the packaging test installs the wheel with the pip Debian's venv ships).
 # Idempotent and quick when everything is present. The packages' init scripts are
 # kept from starting daemons: tests start their own processes on free loopback ports.
 set -euo pipefail
@@ -12,6 +13,9 @@ command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 [ -x /usr/bin/prometheus-postgres-exporter ] || need+=(prometheus-postgres-exporter)
 [ -x /usr/bin/prometheus-redis-exporter ] || need+=(prometheus-redis-exporter)
 [ -x /usr/bin/prometheus-node-exporter ] || need+=(prometheus-node-exporter)
+# python3-venv brings ensurepip's bundled pip (python3-pip-whl) for /usr/bin/python3.
+dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q 'install ok installed' \
+  || need+=(python3-venv)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" != 0 ]; then
