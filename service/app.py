@@ -11,7 +11,7 @@ from aiohttp import web
 
 import telemetry
 from telemetry.instrumentation import client_trace_configs, create_aiopg_pool, instrument_redis
-from telemetry.tracing import untraced
+from telemetry.tracing import context_carrier, untraced
 
 from .api import apv, health, openapi, reviews, testing
 from .api.health import Readiness
@@ -128,7 +128,13 @@ async def review_service_ctx(app: web.Application) -> AsyncIterator[None]:
         stats_cache_ttl_seconds=settings.stats_cache_ttl_seconds,
         notify_decisions=settings.decision_webhook_url is not None,
     )
-    app[REVIEWS] = ReviewService(ReviewStore(app[DB]), app[CACHE], app[telemetry.METRICS], policy)
+    app[REVIEWS] = ReviewService(
+        ReviewStore(app[DB]),
+        app[CACHE],
+        app[telemetry.METRICS],
+        policy,
+        trace_carrier=context_carrier,
+    )
     yield
 
 

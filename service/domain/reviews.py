@@ -1,5 +1,7 @@
 """Review use cases: submit, read, list, decide, stats. The one place that knows the
-order of things: validate, write to PostgreSQL, then count and touch the cache."""
+order of things: validate, write to PostgreSQL, then count and touch the cache.
+
+Storage is reached only through the protocols of ports.py; no SQL here."""
 
 from __future__ import annotations
 
@@ -14,13 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from telemetry import Metrics
-from telemetry.tracing import context_carrier
 
-from ..storage.cache import Cache
-from ..storage.db import Row
-from ..storage.reviews import ReviewStore
-from .errors import AlreadyDecided, ApvConflict, FieldError, ReviewNotFound, ValidationFailed
+from .errors import ApvConflict, FieldError, ReviewNotFound, ValidationFailed
 from .models import Decision
+from .ports import Notification, ReviewCache, ReviewRepository, Row
 from .validation import PatternResult, validate_apv
 
 
@@ -38,20 +37,29 @@ class Submitted:
     created: bool
 
 
+def _no_trace_context() -> dict[str, str]:
+    return {}
+
+
 class ReviewService:
     def __init__(
         self,
-        store: ReviewStore,
-        cache: Cache,
+        store: ReviewRepository,
+        cache: ReviewCache,
         metrics: Metrics,
         policy: ReviewPolicy,
+        *,
         on_notification: Callable[[], None] = lambda: None,
+        trace_carrier: Callable[[], dict[str, str]] = _no_trace_context,
     ) -> None:
+        """``trace_carrier`` returns the current trace context as W3C headers; stored
+        with each notification so its delivery continues the decision's trace."""
         self.on_notification = on_notification
         self.store = store
         self.cache = cache
         self.metrics = metrics
         self.policy = policy
+        self.trace_carrier = trace_carrier
 
     # -- intake ---------------------------------------------------------------------
 
@@ -66,8 +74,7 @@ class ReviewService:
     async def submit(self, submission: dict[str, Any]) -> Submitted:
         digest = payload_digest(submission)
         results = validate_apv(submission, anomaly_threshold=self.policy.anomaly_threshold)
-        async with self.store.db.transaction() as tx:
-            row = await self.store.insert_review(tx, submission, digest, results)
+        row = await self.store.insert_review(submission, digest, results)
         if row is None:
             existing = await self.store.get_by_apv_id(submission["apv_id"])
             if existing is None:  # deleted in between: cannot happen, reviews are kept
@@ -165,26 +172,19 @@ class ReviewService:
         modifications: dict[str, Any] | None,
     ) -> dict[str, Any]:
         check_uuid(review_id)
-        async with self.store.db.transaction() as tx:
-            outcome = await self.store.apply_decision(
-                tx, review_id, decision, reviewer, justification, modifications
-            )
-            if outcome is None:
-                current = await tx.fetchone(
-                    "select_review_status",
-                    "SELECT status FROM reviews WHERE id = %s",
-                    (review_id,),
-                )
-                if current is None:
-                    raise ReviewNotFound(review_id)
-                raise AlreadyDecided(review_id, current["status"], decision.value)
-            row, record = outcome
-            if self.policy.notify_decisions and decision.target.is_final:
-                await self.store.enqueue_notification(
-                    tx, review_id, record["id"], notification(row, record), context_carrier()
-                )
+        notifies = self.policy.notify_decisions and decision.target.is_final
+        # Raises ReviewNotFound or AlreadyDecided when the review's state refuses it.
+        decided = await self.store.decide(
+            review_id,
+            decision,
+            reviewer=reviewer,
+            justification=justification,
+            modifications=modifications,
+            notify=self._notification if notifies else None,
+        )
+        row, record = decided.review, decided.record
         # After commit: a rolled-back decision is neither counted nor uncached.
-        if self.policy.notify_decisions and decision.target.is_final:
+        if notifies:
             self.on_notification()
         self.metrics.record_review_decision(
             decision=decision.value,
@@ -202,6 +202,10 @@ class ReviewService:
         return review
 
     # -- helpers --------------------------------------------------------------------
+
+    def _notification(self, row: Row, record: Row) -> Notification:
+        # Called inside the decision's transaction, while the request's span is current.
+        return Notification(notification(row, record), self.trace_carrier())
 
     async def _detail(self, row: Row) -> dict[str, Any]:
         validation = await self.store.validation_results([row["id"]])

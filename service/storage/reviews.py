@@ -1,4 +1,7 @@
-"""SQL for reviews, decisions, validation results and the webhook outbox."""
+"""SQL for reviews, decisions, validation results and the webhook outbox.
+
+``ReviewStore`` is what the domain's ``ReviewRepository`` protocol (domain/ports.py)
+asks for; each method that writes opens and ends its own transaction."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ from typing import Any
 
 import psycopg2.extras
 
+from ..domain.errors import AlreadyDecided, ReviewNotFound
 from ..domain.models import Decision
+from ..domain.ports import Decided, Notify
 from ..domain.validation import PatternResult
 from .db import Database, Executor, Row
 
@@ -27,12 +32,22 @@ class ReviewStore:
 
     async def insert_review(
         self,
+        submission: dict[str, Any],
+        payload_sha256: str,
+        validation: Sequence[PatternResult],
+    ) -> Row | None:
+        """Insert a review and its validation results in one transaction; None when
+        apv_id exists."""
+        async with self.db.transaction() as tx:
+            return await self._insert_review(tx, submission, payload_sha256, validation)
+
+    async def _insert_review(
+        self,
         tx: Executor,
         submission: dict[str, Any],
         payload_sha256: str,
         validation: Sequence[PatternResult],
     ) -> Row | None:
-        """Insert a review and its validation results; None when apv_id exists."""
         package = submission["package"]
         row = await tx.fetchone(
             "insert_review",
@@ -87,14 +102,14 @@ class ReviewStore:
     async def get_by_apv_id(self, apv_id: str) -> Row | None:
         return await self.db.fetchone(
             "select_review_by_apv",
-            f"SELECT {_REVIEW_COLUMNS} FROM reviews WHERE apv_id = %s",  # noqa: S608
+            f"SELECT {_REVIEW_COLUMNS} FROM reviews WHERE apv_id = %s",  # noqa: S608 - fixed columns
             (apv_id,),
         )
 
     async def get_review(self, review_id: str) -> Row | None:
         return await self.db.fetchone(
             "select_review",
-            f"SELECT {_REVIEW_COLUMNS} FROM reviews WHERE id = %s",  # noqa: S608
+            f"SELECT {_REVIEW_COLUMNS} FROM reviews WHERE id = %s",  # noqa: S608 - fixed columns
             (review_id,),
         )
 
@@ -145,7 +160,7 @@ class ReviewStore:
                    OR (created_at, id) < (%(after_ts)s::timestamptz, %(after_id)s::uuid))
             ORDER BY created_at DESC, id DESC
             LIMIT %(limit)s
-            """,  # noqa: S608
+            """,  # noqa: S608 - the f-string only inserts the fixed column list
             {
                 "status": status,
                 "severity": severity,
@@ -157,7 +172,38 @@ class ReviewStore:
             },
         )
 
-    async def apply_decision(
+    async def decide(
+        self,
+        review_id: str,
+        decision: Decision,
+        *,
+        reviewer: str,
+        justification: str | None,
+        modifications: dict[str, Any] | None,
+        notify: Notify | None,
+    ) -> Decided:
+        """Apply the decision, append its record and, with ``notify``, queue its
+        notification, all in one transaction. Raises ReviewNotFound, or AlreadyDecided
+        when the review's state does not allow the decision (rolled back: nothing
+        written)."""
+        async with self.db.transaction() as tx:
+            decided = await self._apply_decision(
+                tx, review_id, decision, reviewer, justification, modifications
+            )
+            if decided is None:
+                current = await tx.fetchone(
+                    "select_review_status",
+                    "SELECT status FROM reviews WHERE id = %s",
+                    (review_id,),
+                )
+                if current is None:
+                    raise ReviewNotFound(review_id)
+                raise AlreadyDecided(review_id, current["status"], decision.value)
+            if notify is not None:
+                await self._enqueue_notification(tx, review_id, decided, notify)
+        return decided
+
+    async def _apply_decision(
         self,
         tx: Executor,
         review_id: str,
@@ -165,10 +211,10 @@ class ReviewStore:
         reviewer: str,
         justification: str | None,
         modifications: dict[str, Any] | None,
-    ) -> tuple[Row, Row] | None:
+    ) -> Decided | None:
         """Move the review to the decision's state if, and only if, its current state
         allows it. The conditional UPDATE takes the row lock, so of two concurrent
-        decisions exactly one matches. Returns (review, decision) or None."""
+        decisions exactly one matches. None when it did not match."""
         allowed = [s.value for s in decision.allowed_from]
         target = decision.target
         review = await tx.fetchone(
@@ -182,7 +228,7 @@ class ReviewStore:
             FROM previous
             WHERE r.id = previous.id AND previous.status = ANY(%(allowed)s)
             RETURNING previous.status AS from_status, {_prefixed_columns("r")}
-            """,  # noqa: S608
+            """,  # noqa: S608 - the f-string only inserts the fixed column list
             {
                 "id": review_id,
                 "target": target.value,
@@ -211,21 +257,22 @@ class ReviewStore:
             ),
         )
         assert record is not None
-        return review, record
+        return Decided(review, record)
 
-    async def enqueue_notification(
-        self,
-        tx: Executor,
-        review_id: str,
-        decision_id: int,
-        payload: dict[str, Any],
-        trace_context: dict[str, str],
+    async def _enqueue_notification(
+        self, tx: Executor, review_id: str, decided: Decided, notify: Notify
     ) -> None:
+        notification = notify(decided.review, decided.record)
         await tx.execute(
             "insert_outbox",
             "INSERT INTO webhook_outbox (review_id, decision_id, payload, trace_context)"
             " VALUES (%s, %s, %s, %s)",
-            (review_id, decision_id, _jsonb(payload), _jsonb(trace_context)),
+            (
+                review_id,
+                decided.record["id"],
+                _jsonb(notification.payload),
+                _jsonb(notification.trace_context),
+            ),
         )
 
     async def stats(self) -> Row:

@@ -1,0 +1,110 @@
+"""What the review domain needs from storage, stated by the domain.
+
+The domain imports no storage module: ``storage.reviews.ReviewStore`` and
+``storage.cache.Cache`` satisfy these protocols structurally, and the app factory hands
+them in. Dependencies point one way, storage -> domain: storage uses the domain's
+models, validation results and errors (it raises ReviewNotFound and AlreadyDecided
+itself, inside the transaction it rolls back); the domain never names a table, a
+statement or a driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from .models import Decision
+from .validation import PatternResult
+
+# One stored record as column -> value: a review, a decision record, a validation result.
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A decision's webhook message, queued in the decision's transaction, and the
+    trace context its delivery continues."""
+
+    payload: dict[str, Any]
+    trace_context: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """The decision was applied: the review as it now is, and the appended record."""
+
+    review: Row
+    record: Row
+
+
+# Builds the notification of an applied decision from (review, record); called inside
+# the decision's transaction, so the message is queued if and only if the decision is.
+Notify = Callable[[Row, Row], Notification]
+
+
+class ReviewRepository(Protocol):
+    async def insert_review(
+        self, submission: dict[str, Any], payload_sha256: str, validation: Sequence[PatternResult]
+    ) -> Row | None:
+        """Store a review and its validation results in one transaction; None when a
+        review with the submission's apv_id already exists."""
+        ...
+
+    async def get_by_apv_id(self, apv_id: str) -> Row | None: ...
+
+    async def get_review(self, review_id: str) -> Row | None: ...
+
+    async def validation_results(self, review_ids: Sequence[str]) -> dict[str, list[Row]]: ...
+
+    async def decisions(self, review_id: str) -> list[Row]: ...
+
+    async def list_reviews(
+        self,
+        *,
+        status: str | None,
+        severity: str | None,
+        source: str | None,
+        cve_id: str | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[Row]:
+        """Newest first, strictly after the (created_at, id) keyset ``after``."""
+        ...
+
+    async def decide(
+        self,
+        review_id: str,
+        decision: Decision,
+        *,
+        reviewer: str,
+        justification: str | None,
+        modifications: dict[str, Any] | None,
+        notify: Notify | None,
+    ) -> Decided:
+        """In one transaction: move the review to ``decision.target`` if, and only if,
+        its current state is in ``decision.allowed_from`` (of concurrent decisions
+        exactly one wins), append the decision record and, when ``notify`` is given,
+        queue its notification. Raises ReviewNotFound, or AlreadyDecided when the
+        review's state does not allow the decision; then nothing is written."""
+        ...
+
+    async def stats(self) -> Row:
+        """pending_by_severity, escalated, decisions_by_type, ttd_median, ttd_p95,
+        oldest_pending_age."""
+        ...
+
+
+class ReviewCache(Protocol):
+    """A cache that may fail: reads then answer None and writes do nothing."""
+
+    def key(self, *parts: str) -> str: ...
+
+    async def get_json(self, key: str) -> Any | None: ...
+
+    async def set_json(
+        self, key: str, value: Any, ttl_seconds: int, *, only_if_absent: bool = False
+    ) -> None: ...
+
+    async def delete(self, *keys: str) -> None: ...
