@@ -20,7 +20,7 @@ from .auth import ApiKeys
 from .background import Stopping, background
 from .config import Settings
 from .domain.reviews import ReviewPolicy, ReviewService
-from .keys import API_KEYS, CACHE, DB, HTTP_CLIENT, READINESS, REVIEWS, SETTINGS
+from .keys import API_KEYS, CACHE, DB, HTTP_CLIENT, OPENAPI_DOCUMENT, READINESS, REVIEWS, SETTINGS
 from .outbox import OutboxPolicy, OutboxWorker
 from .storage.cache import Cache
 from .storage.db import Database, open_pool
@@ -44,9 +44,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_routes(openapi.routes)
     if settings.enable_test_routes:
         app.router.add_routes(testing.routes)
-    app[openapi.OPENAPI_DOCUMENT] = openapi.build_document(
-        include_test_routes=settings.enable_test_routes
-    )
+    app[OPENAPI_DOCUMENT] = openapi.build_document(include_test_routes=settings.enable_test_routes)
 
     # Order matters: each context may use what the ones before it opened, and they
     # close in reverse.

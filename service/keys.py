@@ -1,8 +1,9 @@
-"""Every shared resource of the app, as a typed key (aiohttp AppKey)."""
+"""Every shared resource of the app, as a typed key (aiohttp AppKey): the one place
+the service declares them (telemetry declares its own in telemetry/keys.py)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -22,3 +23,4 @@ REVIEWS: web.AppKey[ReviewService] = web.AppKey("reviews")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 API_KEYS: web.AppKey[ApiKeys] = web.AppKey("api_keys")
 HTTP_CLIENT: web.AppKey[aiohttp.ClientSession] = web.AppKey("http_client", aiohttp.ClientSession)
+OPENAPI_DOCUMENT: web.AppKey[dict[str, Any]] = web.AppKey("openapi_document", dict)

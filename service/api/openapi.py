@@ -7,7 +7,10 @@ from typing import Any
 
 from aiohttp import web
 
+from telemetry.problems import http_title
+
 from .. import __version__
+from ..keys import OPENAPI_DOCUMENT
 from . import schemas
 from .bodies import json_response
 
@@ -68,16 +71,11 @@ EXAMPLE_REVIEW = {
 
 EXAMPLE_PROBLEM = {
     "type": "https://hitl.dev/problems/validation-failed",
-    "title": "Unprocessable Content",
+    "title": http_title(422),
     "status": 422,
     "detail": "The request body does not match the schema; see errors.",
     "instance": "/api/reviews",
-    "errors": [
-        {
-            "field": "/severity",
-            "message": "'urgent' is not one of ['critical', 'high', 'medium', 'low']",
-        }
-    ],
+    "errors": [{"field": "/severity", "message": f"'urgent' is not one of {schemas.SEVERITIES}"}],
 }
 
 
@@ -167,11 +165,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 _query("severity", {"enum": schemas.SEVERITIES}, "Only this severity"),
                 _query("source", {"type": "string"}, "Only from this producer"),
                 _query("cve_id", {"type": "string"}, "Only this CVE"),
-                _query(
-                    "limit",
-                    {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-                    "Page size",
-                ),
+                _query("limit", schemas.PAGE_LIMIT, "Page size"),
                 _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
             ],
             "responses": {
@@ -397,9 +391,6 @@ def build_document(*, include_test_routes: bool = False) -> dict[str, Any]:
             },
         },
     }
-
-
-OPENAPI_DOCUMENT: web.AppKey[dict[str, Any]] = web.AppKey("openapi_document", dict)
 
 
 @routes.get("/api/openapi.json", name="openapi")

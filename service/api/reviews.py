@@ -15,9 +15,6 @@ from .bodies import UNSTORABLE, json_response, read_json, storable
 
 routes = web.RouteTableDef()
 
-MAX_PAGE = 100
-DEFAULT_PAGE = 20
-
 
 @routes.post("/api/reviews", name="submit_review")
 async def submit_review(request: web.Request) -> web.Response:
@@ -98,12 +95,12 @@ def _choice(
 
 def _limit(raw: str | None, errors: list[FieldError]) -> int:
     if raw is None or raw == "":
-        return DEFAULT_PAGE
+        return schemas.DEFAULT_PAGE
     try:
         value = int(raw)
     except ValueError:
         value = 0
-    if not 1 <= value <= MAX_PAGE:
-        errors.append(FieldError("limit", f"must be a whole number from 1 to {MAX_PAGE}"))
-        return DEFAULT_PAGE
+    if not 1 <= value <= schemas.MAX_PAGE:
+        errors.append(FieldError("limit", f"must be a whole number from 1 to {schemas.MAX_PAGE}"))
+        return schemas.DEFAULT_PAGE
     return value

@@ -12,11 +12,19 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from ..domain.errors import FieldError, ValidationFailed
+from ..domain.models import Decision, Severity, Status
+from ..domain.validation import Result
 
-SEVERITIES = ["critical", "high", "medium", "low"]
-STATUSES = ["pending", "escalated", "approved", "rejected", "modified"]
-DECISIONS = ["approve", "reject", "modify", "escalate"]
-PATTERN_RESULTS = ["valid", "invalid", "error"]
+# The domain's names, as the enums of every schema and query filter.
+SEVERITIES = [s.value for s in Severity]
+STATUSES = [s.value for s in Status]
+DECISIONS = [d.value for d in Decision]
+PATTERN_RESULTS = [r.value for r in Result]
+
+# GET /api/reviews page size: the handler enforces these, the OpenAPI document shows them.
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+PAGE_LIMIT = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}
 
 
 def _text(max_length: int, **extra: Any) -> dict[str, Any]:
@@ -44,7 +52,7 @@ WARGAMING = {
     },
 }
 
-APV_SUBMISSION = {
+APV_SUBMISSION: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": [
@@ -77,10 +85,7 @@ APV_SUBMISSION = {
 # on what it finds, so only the shape of each present field is enforced.
 APV_VALIDATION_REQUEST = {
     "type": "object",
-    "properties": {
-        key: value
-        for key, value in APV_SUBMISSION["properties"].items()  # type: ignore[attr-defined]
-    },
+    "properties": dict(APV_SUBMISSION["properties"]),
 }
 
 DECISION_REQUEST = {
@@ -96,13 +101,22 @@ DECISION_REQUEST = {
             "description": "What the reviewer changed, e.g. a revised patch",
         },
     },
+    # The rule of models.Decision.needs_justification / needs_modifications.
     "allOf": [
         {
-            "if": {"properties": {"decision": {"enum": ["reject", "modify", "escalate"]}}},
+            "if": {
+                "properties": {
+                    "decision": {"enum": [d.value for d in Decision if d.needs_justification]}
+                }
+            },
             "then": {"required": ["justification"]},
         },
         {
-            "if": {"properties": {"decision": {"const": "modify"}}},
+            "if": {
+                "properties": {
+                    "decision": {"enum": [d.value for d in Decision if d.needs_modifications]}
+                }
+            },
             "then": {"required": ["modifications"]},
         },
     ],
@@ -137,7 +151,7 @@ REVIEW = {
     "type": "object",
     "required": [
         "id",
-        *APV_SUBMISSION["required"],  # type: ignore[misc]
+        *APV_SUBMISSION["required"],
         "status",
         "created_at",
         "decided_at",

@@ -1,4 +1,6 @@
-"""The review lifecycle: states, decisions and which decision may follow which state."""
+"""The review lifecycle: severities, states, decisions and which decision may follow
+which state. The one source of these names: the JSON schemas, the OpenAPI document,
+the query filters and the statistics all read them from here."""
 
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ class Decision(StrEnum):
             return (Status.PENDING,)
         return (Status.PENDING, Status.ESCALATED)
 
+    # The decision request's JSON schema is built from these two (api/schemas.py), so
+    # the rule is stated once, here, and enforced before a request reaches the domain.
     @property
     def needs_justification(self) -> bool:
         return self is not Decision.APPROVE
@@ -51,7 +55,6 @@ class Decision(StrEnum):
 
 
 FINAL_STATUSES = frozenset({Status.APPROVED, Status.REJECTED, Status.MODIFIED})
-OPEN_STATUSES = (Status.PENDING, Status.ESCALATED)
 
 _TARGET = {
     Decision.APPROVE: Status.APPROVED,

@@ -18,7 +18,7 @@ from typing import Any
 from telemetry import Metrics
 
 from .errors import ApvConflict, FieldError, ReviewNotFound, ValidationFailed
-from .models import Decision
+from .models import Decision, Severity
 from .ports import Notification, ReviewCache, ReviewRepository, Row
 from .validation import PatternResult, validate_apv
 
@@ -144,8 +144,7 @@ class ReviewService:
         row = await self.store.stats()
         stats = {
             "pending_by_severity": {
-                s: int(row["pending_by_severity"].get(s, 0))
-                for s in ("critical", "high", "medium", "low")
+                s.value: int(row["pending_by_severity"].get(s.value, 0)) for s in Severity
             },
             "escalated": int(row["escalated"]),
             "decisions_by_type": {

@@ -15,15 +15,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from .models import Severity
+
 CVE_PATTERN = re.compile(r"^CVE-(?P<year>\d{4})-\d{4,}$")
 HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 # CVSS v3 qualitative severity bands (FIRST's specification, table 14).
-CVSS_BANDS = {
-    "critical": (9.0, 10.0),
-    "high": (7.0, 8.9),
-    "medium": (4.0, 6.9),
-    "low": (0.1, 3.9),
+CVSS_BANDS: dict[str, tuple[float, float]] = {
+    Severity.CRITICAL: (9.0, 10.0),
+    Severity.HIGH: (7.0, 8.9),
+    Severity.MEDIUM: (4.0, 6.9),
+    Severity.LOW: (0.1, 3.9),
 }
 
 

@@ -115,3 +115,29 @@ async def test_examples_work_against_the_live_api(client: TestClient, api_keys: 
         rid = (await submit(client, api_keys.auth("producer")))["id"]
         resp = await client.post(f"/api/reviews/{rid}/decision", json=body, headers=api_keys.auth("reviewer"))
         assert resp.status == 200, (name, await resp.text())
+
+
+async def test_documented_list_parameters_are_the_enforced_ones(client: TestClient, api_keys: Keys) -> None:
+    """GET /api/reviews takes every documented status and severity and refuses others;
+    the documented maximum limit is accepted and one more refused; without a limit a
+    page holds the documented default."""
+    doc = await document(client)
+    params = {p["name"]: p["schema"] for p in doc["paths"]["/api/reviews"]["get"]["parameters"]}
+    viewer = api_keys.auth("viewer")
+
+    async def status_of(query: str) -> int:
+        return (await client.get(f"/api/reviews?{query}", headers=viewer)).status
+
+    for name in ("status", "severity"):
+        for value in params[name]["enum"]:
+            assert await status_of(f"{name}={value}") == 200, (name, value)
+        assert await status_of(f"{name}=undocumented") == 422, name
+    limit = params["limit"]
+    assert await status_of(f"limit={limit['maximum']}") == 200
+    assert await status_of(f"limit={limit['maximum'] + 1}") == 422
+    assert await status_of(f"limit={limit['minimum'] - 1}") == 422
+    for _ in range(limit["default"] + 1):
+        await submit(client, api_keys.auth("producer"))
+    page = await (await client.get("/api/reviews", headers=viewer)).json()
+    assert len(page["items"]) == limit["default"]
+    assert page["next_cursor"]
