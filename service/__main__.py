@@ -13,7 +13,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from telemetry.logging import configure_logging
+from telemetry import configure_logging
 
 from . import __version__
 from .auth import ROLES, KeyFileError, append_key, new_key

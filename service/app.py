@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -10,8 +11,7 @@ import structlog
 from aiohttp import web
 
 import telemetry
-from telemetry.instrumentation import client_trace_configs, create_aiopg_pool, instrument_redis
-from telemetry.tracing import context_carrier, untraced
+from telemetry import client_trace_configs, create_aiopg_pool, instrument_redis, untraced
 
 from .api import apv, health, openapi, reviews, testing
 from .api.health import Readiness
@@ -20,11 +20,23 @@ from .auth import ApiKeys
 from .background import Stopping, background
 from .config import Settings
 from .domain.reviews import ReviewPolicy, ReviewService
-from .keys import API_KEYS, CACHE, DB, HTTP_CLIENT, OPENAPI_DOCUMENT, READINESS, REVIEWS, SETTINGS
+from .keys import (
+    API_KEYS,
+    CACHE,
+    DB,
+    HTTP_CLIENT,
+    OPENAPI_DOCUMENT,
+    READINESS,
+    REVIEW_METRICS,
+    REVIEWS,
+    SETTINGS,
+)
+from .metrics import ReviewMetrics
 from .outbox import OutboxPolicy, OutboxWorker
 from .storage.cache import Cache
 from .storage.db import Database, open_pool
 from .storage.migrate import apply_migrations
+from .storage.outbox import OutboxStore
 from .storage.reviews import ReviewStore
 
 log = structlog.get_logger("hitl.app")
@@ -37,6 +49,7 @@ def create_app(settings: Settings) -> web.Application:
     metrics = telemetry.setup(
         app, settings.telemetry, problem_mapper=problem_for, app_error_labels=APP_ERROR_LABELS
     )
+    app[REVIEW_METRICS] = ReviewMetrics(metrics, settings.telemetry)
 
     app.router.add_routes(health.routes)
     app.router.add_routes(reviews.routes)
@@ -68,11 +81,8 @@ def create_app(settings: Settings) -> web.Application:
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
 
-    async def pool_factory(dsn: str, **kwargs: object) -> object:
-        return await create_aiopg_pool(app, dsn, **kwargs)
-
     pool = await open_pool(
-        pool_factory,  # type: ignore[arg-type]
+        functools.partial(create_aiopg_pool, app),
         settings.database_url,
         minsize=settings.db_pool_min,
         maxsize=settings.db_pool_max,
@@ -129,9 +139,9 @@ async def review_service_ctx(app: web.Application) -> AsyncIterator[None]:
     app[REVIEWS] = ReviewService(
         ReviewStore(app[DB]),
         app[CACHE],
-        app[telemetry.METRICS],
+        app[REVIEW_METRICS],
         policy,
-        trace_carrier=context_carrier,
+        trace_carrier=telemetry.context_carrier,
     )
     yield
 
@@ -141,10 +151,9 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.decision_webhook_url is None:
         yield
         return
-    metrics = app[telemetry.METRICS]
+    metrics = app[REVIEW_METRICS]
     worker = OutboxWorker(
-        app,
-        app[DB],
+        OutboxStore(app[DB]),
         app[HTTP_CLIENT],
         metrics,
         OutboxPolicy(
@@ -154,13 +163,14 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
             max_backoff_seconds=settings.webhook_max_backoff_seconds,
             poll_seconds=settings.webhook_poll_seconds,
         ),
+        functools.partial(telemetry.continue_trace, app),
     )
     app[REVIEWS].on_notification = worker.wake
 
     async def collect_outbox_depth() -> None:
         metrics.set_outbox_depth(await worker.pending_count())
 
-    metrics.add_collector(collect_outbox_depth)
+    app[telemetry.METRICS].add_collector(collect_outbox_depth)
     async with background("hitl-outbox", worker.run):
         yield
 

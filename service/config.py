@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from telemetry import TelemetrySettings, TelemetrySettingsError
@@ -21,6 +21,27 @@ T = TypeVar("T")
 
 class SettingsError(ValueError):
     """A configuration variable has a value of the wrong form."""
+
+
+# Health probes and the scrape: not traced, access-logged at debug, not in the SLOs.
+PROBE_ROUTES = ("/api/health", "/metrics")
+
+
+def telemetry_settings(**overrides: Any) -> TelemetrySettings:
+    """Telemetry's settings with this service's names: its logger, problem URIs,
+    variable prefix, metric prefix, service name and probe routes. ``overrides`` (for
+    tests and tools) replace any field."""
+    hitl = TelemetrySettings(
+        service_name="hitl-api",
+        service_version=__version__,
+        env_prefix="HITL_",
+        access_logger="hitl.access",
+        problem_type_base="https://hitl.dev/problems/",
+        metric_prefix="hitl_",
+        probe_prefixes=PROBE_ROUTES,
+        slo_excluded_prefixes=PROBE_ROUTES,
+    )
+    return replace(hitl, **overrides)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +70,7 @@ class Settings:
     webhook_poll_seconds: float = 0.5
     cache_stats_interval_seconds: float = 15.0
     enable_test_routes: bool = False
-    telemetry: TelemetrySettings = field(
-        default_factory=lambda: TelemetrySettings(service_version=__version__)
-    )
+    telemetry: TelemetrySettings = field(default_factory=telemetry_settings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -59,7 +78,7 @@ class Settings:
         reader = _Reader(env)
         defaults = cls()
         try:
-            telemetry = TelemetrySettings.from_env(env, service_version=__version__)
+            telemetry = TelemetrySettings.from_env(env, base=telemetry_settings())
         except TelemetrySettingsError as exc:
             raise SettingsError(str(exc)) from None
         values = {
@@ -74,8 +93,8 @@ class Settings:
             )
         return settings
 
-    def with_changes(self, **changes: object) -> Settings:
-        return replace(self, **changes)  # type: ignore[arg-type]
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
 
 
 class _Reader:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .auth import ApiKeys
     from .config import Settings
     from .domain.reviews import ReviewService
+    from .metrics import ReviewMetrics
     from .storage.cache import Cache
     from .storage.db import Database
 
@@ -20,6 +21,7 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 DB: web.AppKey[Database] = web.AppKey("db")
 CACHE: web.AppKey[Cache] = web.AppKey("cache")
 REVIEWS: web.AppKey[ReviewService] = web.AppKey("reviews")
+REVIEW_METRICS: web.AppKey[ReviewMetrics] = web.AppKey("review_metrics")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
 API_KEYS: web.AppKey[ApiKeys] = web.AppKey("api_keys")
 HTTP_CLIENT: web.AppKey[aiohttp.ClientSession] = web.AppKey("http_client", aiohttp.ClientSession)

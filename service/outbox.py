@@ -1,7 +1,7 @@
 """Decision webhook: at-least-once delivery from the webhook_outbox table.
 
 A decision and its notification are written in one transaction (see
-ReviewService.decide). This worker leases due rows (so a crash mid-delivery only
+ReviewStore.decide). This worker leases due rows (so a crash mid-delivery only
 delays a row until its lease runs out), POSTs each one inside a span whose parent is
 the decision request's stored trace context, marks it delivered on 2xx, and otherwise
 schedules the next attempt with exponential backoff and equal jitter.
@@ -12,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import structlog
-from aiohttp import web
 
-from telemetry import Metrics
-from telemetry.tracing import continue_trace, untraced
+from telemetry import untraced
 
 from .background import Stopping
-from .storage.db import Database, Row
+from .metrics import ReviewMetrics
+from .storage.db import Row
+from .storage.outbox import OutboxStore
 
 log = structlog.get_logger("hitl.outbox")
 
@@ -40,17 +42,22 @@ class OutboxPolicy:
     poll_seconds: float
 
 
+# Runs a block in a span whose parent is a stored trace context (carrier, span name):
+# telemetry.continue_trace bound to the app.
+ContinueTrace = Callable[[Mapping[str, str], str], AbstractContextManager[Any]]
+
+
 class OutboxWorker:
     def __init__(
         self,
-        app: web.Application,
-        db: Database,
+        store: OutboxStore,
         session: aiohttp.ClientSession,
-        metrics: Metrics,
+        metrics: ReviewMetrics,
         policy: OutboxPolicy,
+        continue_trace: ContinueTrace,
     ) -> None:
-        self._app = app
-        self._db = db
+        self._continue_trace = continue_trace
+        self._store = store
         self._session = session
         self._metrics = metrics
         self.policy = policy
@@ -83,43 +90,22 @@ class OutboxWorker:
         return bool(rows)
 
     async def pending_count(self) -> int:
-        row = await self._db.fetchone(
-            "count_outbox_pending",
-            "SELECT count(*) AS n FROM webhook_outbox WHERE delivered_at IS NULL",
-        )
-        return int(row["n"]) if row else 0
+        return await self._store.pending_count()
 
     async def _lease_due(self) -> list[Row]:
-        return await self._db.fetchall(
-            "lease_outbox",
-            """
-            UPDATE webhook_outbox SET attempts = attempts + 1,
-                next_attempt_at = now() + make_interval(secs => %(lease)s)
-            WHERE id IN (
-                SELECT id FROM webhook_outbox
-                WHERE delivered_at IS NULL AND next_attempt_at <= now()
-                ORDER BY id LIMIT %(batch)s
-                FOR UPDATE SKIP LOCKED)
-            RETURNING id, review_id::text AS review_id, payload, trace_context, attempts
-            """,
-            {"lease": LEASE_SECONDS, "batch": BATCH},
-        )
+        return await self._store.lease_due(lease_seconds=LEASE_SECONDS, batch=BATCH)
 
     async def _deliver(self, row: Row) -> None:
         """POST one row and record the outcome, all inside the decision's trace: its
         spans and every log line about this delivery name the decision's trace id."""
         carrier: dict[str, Any] = row["trace_context"] or {}
-        with continue_trace(self._app, carrier, "webhook deliver"):
+        with self._continue_trace(carrier, "webhook deliver"):
             await self._deliver_in_trace(row)
 
     async def _deliver_in_trace(self, row: Row) -> None:
         error = await self._post(row)
         if error is None:
-            await self._db.execute(
-                "mark_outbox_delivered",
-                "UPDATE webhook_outbox SET delivered_at = now(), last_error = NULL WHERE id = %s",
-                (row["id"],),
-            )
+            await self._store.mark_delivered(row["id"])
             self._metrics.record_webhook_delivery(result="delivered")
             log.info(
                 "webhook_delivered",
@@ -129,12 +115,7 @@ class OutboxWorker:
             )
             return
         delay = self.backoff(row["attempts"])
-        await self._db.execute(
-            "reschedule_outbox",
-            "UPDATE webhook_outbox SET next_attempt_at = now() + make_interval(secs => %s),"
-            " last_error = %s WHERE id = %s",
-            (delay, error[:500], row["id"]),
-        )
+        await self._store.reschedule(row["id"], delay_seconds=delay, error=error)
         self._metrics.record_webhook_delivery(result="failed")
         log.warning(
             "webhook_delivery_failed",

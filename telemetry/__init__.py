@@ -1,8 +1,12 @@
 """Reusable aiohttp telemetry: Prometheus metrics, OpenTelemetry tracing, structlog logs.
 
-This package never imports the service that uses it. A service calls
-``telemetry.setup(app, settings, problem_mapper=...)`` once, before adding its own
-middlewares, and records business events through ``app[telemetry.METRICS]``.
+This package never imports the service that uses it, and knows none by name: a service
+passes its names (service name, logger, problem base URI, env prefix, metric prefix,
+probe routes) in :class:`TelemetrySettings`. It calls ``telemetry.setup(app,
+settings, problem_mapper=...)`` once, before adding its own middlewares; defines its
+business metrics on ``app[telemetry.METRICS]`` (``counter``/``gauge``/``histogram``);
+and uses the helpers below for spans of its own resources. Everything a service needs
+is in ``__all__``; the modules behind it are internals.
 
 Middlewares, outermost first: tracing, request context, metrics, errors.
 """
@@ -15,24 +19,37 @@ from aiohttp import web
 
 from .context import setup_request_context
 from .errors import setup_errors
-from .keys import METRICS, SETTINGS
+from .instrumentation import client_trace_configs, create_aiopg_pool, instrument_redis
+from .keys import METRICS, REQUEST_ID, SETTINGS
 from .logging import configure_logging
-from .metrics import Metrics
+from .metrics import Metrics, metric_labels, require_label
 from .middleware import setup_metrics
-from .problems import Problem, ProblemMapper, problem_response
+from .problems import Problem, ProblemMapper, http_title, problem_response
 from .server_spans import setup_tracing
 from .settings import TelemetrySettings, TelemetrySettingsError
+from .tracing import context_carrier, continue_trace, untraced
 
 __all__ = [
     "METRICS",
+    "REQUEST_ID",
     "SETTINGS",
     "Metrics",
     "Problem",
     "ProblemMapper",
     "TelemetrySettings",
     "TelemetrySettingsError",
+    "client_trace_configs",
+    "configure_logging",
+    "context_carrier",
+    "continue_trace",
+    "create_aiopg_pool",
+    "http_title",
+    "instrument_redis",
+    "metric_labels",
     "problem_response",
+    "require_label",
     "setup",
+    "untraced",
 ]
 
 
@@ -56,6 +73,6 @@ def setup(
     app[METRICS] = metrics
     setup_tracing(app, settings, metrics)
     setup_request_context(app, settings)
-    setup_metrics(app, settings, metrics)
-    setup_errors(app, metrics, problem_mapper)
+    setup_metrics(app, metrics)
+    setup_errors(app, settings, metrics, problem_mapper)
     return metrics

@@ -19,9 +19,8 @@ import structlog
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from .keys import REQUEST_ID
+from .keys import REQUEST_DURATION, REQUEST_ID, SERVER_SPAN
 from .middleware import (
-    REQUEST_DURATION,
     Outcome,
     call_handler,
     request_body_size,
@@ -29,7 +28,6 @@ from .middleware import (
     response_bytes_counter,
     route_template,
 )
-from .server_spans import SERVER_SPAN
 from .settings import TelemetrySettings
 from .tracing import traceparent_header
 
@@ -44,8 +42,6 @@ __all__ = [
 REQUEST_ID_HEADER: Final = "X-Request-ID"
 # Accept a caller's id only if it is short and log-safe (no spaces, quotes, newlines).
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-
-access_log = structlog.get_logger("hitl.access")
 
 
 def request_id_for(request: web.BaseRequest) -> str:
@@ -72,8 +68,11 @@ def access_log_level(route: str, status: int, probe_prefixes: tuple[str, ...]) -
     return "info"
 
 
-def access_log_middleware(probe_prefixes: tuple[str, ...] = ()) -> Middleware:
-    """Bind request_id for the request's logs; write one access line at the end."""
+def access_log_middleware(settings: TelemetrySettings) -> Middleware:
+    """Bind request_id for the request's logs; write one access line at the end, to
+    the ``settings.access_logger`` logger."""
+    access_log = structlog.get_logger(settings.access_logger)
+    probe_prefixes = settings.probe_prefixes
 
     @web.middleware
     async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -124,5 +123,5 @@ async def _add_correlation_headers(request: web.Request, response: web.StreamRes
 
 
 def setup_request_context(app: web.Application, settings: TelemetrySettings) -> None:
-    app.middlewares.append(access_log_middleware(settings.probe_prefixes))
+    app.middlewares.append(access_log_middleware(settings))
     app.on_response_prepare.append(_add_correlation_headers)

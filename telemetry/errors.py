@@ -17,6 +17,7 @@ from opentelemetry.trace import Status, StatusCode
 from .keys import REQUEST_ID
 from .metrics import Metrics
 from .problems import Problem, ProblemMapper, http_title, problem_response
+from .settings import TelemetrySettings
 
 log = structlog.get_logger("telemetry.errors")
 
@@ -34,7 +35,11 @@ def _problem_from_http_exception(exc: web.HTTPException) -> Problem:
     )
 
 
-def errors_middleware(metrics: Metrics, mapper: ProblemMapper | None) -> Middleware:
+def errors_middleware(
+    settings: TelemetrySettings, metrics: Metrics, mapper: ProblemMapper | None
+) -> Middleware:
+    type_base = settings.problem_type_base
+
     @web.middleware
     async def handle_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -46,16 +51,18 @@ def errors_middleware(metrics: Metrics, mapper: ProblemMapper | None) -> Middlew
         except Exception as exc:
             mapped = mapper(exc) if mapper is not None else None
             if mapped is None:
-                return _crash_response(request, metrics, exc)
+                return _crash_response(request, metrics, exc, type_base)
             problem = mapped
         if problem.error_type is not None:
             metrics.record_app_error(type=problem.error_type, severity=problem.severity)
-        return problem_response(problem, instance=request.path)
+        return problem_response(problem, type_base=type_base, instance=request.path)
 
     return handle_errors
 
 
-def _crash_response(request: web.Request, metrics: Metrics, exc: Exception) -> web.Response:
+def _crash_response(
+    request: web.Request, metrics: Metrics, exc: Exception, type_base: str
+) -> web.Response:
     request_id = request.get(REQUEST_ID, "")
     kind = type(exc).__name__
     metrics.record_exception(type=kind)
@@ -69,8 +76,15 @@ def _crash_response(request: web.Request, metrics: Metrics, exc: Exception) -> w
         slug="internal-error",
         detail="The server failed to handle this request; quote the request id when reporting it.",
     )
-    return problem_response(problem, instance=request.path, request_id=request_id)
+    return problem_response(
+        problem, type_base=type_base, instance=request.path, request_id=request_id
+    )
 
 
-def setup_errors(app: web.Application, metrics: Metrics, mapper: ProblemMapper | None) -> None:
-    app.middlewares.append(errors_middleware(metrics, mapper))
+def setup_errors(
+    app: web.Application,
+    settings: TelemetrySettings,
+    metrics: Metrics,
+    mapper: ProblemMapper | None,
+) -> None:
+    app.middlewares.append(errors_middleware(settings, metrics, mapper))

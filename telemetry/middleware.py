@@ -20,12 +20,11 @@ from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.typedefs import Handler, Middleware
 
+from .keys import REQUEST_DURATION, RESPONSE_BODY_BYTES
 from .metrics import UNMATCHED_ENDPOINT, Metrics
-from .settings import TelemetrySettings
 
 __all__ = [
     "METRICS_PATH",
-    "REQUEST_DURATION",
     "metrics_middleware",
     "request_body_size",
     "response_body_size",
@@ -42,11 +41,6 @@ METRICS_PATH: Final = "/metrics"
 # aiohttp's AbstractStreamWriter.on_body_write: (body bytes of this write, output so far).
 BodyWriteHook = Callable[[int, int], None]
 
-# Seconds from metrics-middleware entry to handler return: the one clock behind the
-# duration histogram and the SLO latency decision, kept for the access log line.
-REQUEST_DURATION: Final[web.RequestKey[float]] = web.RequestKey(
-    "telemetry_request_duration_seconds", float
-)
 
 # nginx's "client closed request": the handler was cancelled before it answered. Not a
 # 5xx (the service did not fail) but its time still counts toward the latency SLO.
@@ -71,7 +65,7 @@ def request_body_size(request: web.BaseRequest) -> int:
     return request.content.total_bytes
 
 
-class _BodyBytesWritten:
+class BodyBytesWritten:
     """Counts body bytes passing through a response writer, before content encoding.
 
     aiohttp's ``StreamResponse.body_length`` is the writer's output size, which includes
@@ -92,19 +86,12 @@ class _BodyBytesWritten:
             self._chained(body_size, output_size)
 
 
-# One counter per request, shared by every middleware that reports response sizes
-# (metrics, access log): the writer hook is installed once, whoever asks first.
-RESPONSE_BODY_BYTES: Final[web.RequestKey[_BodyBytesWritten]] = web.RequestKey(
-    "telemetry_response_body_bytes", _BodyBytesWritten
-)
-
-
-def response_bytes_counter(request: web.Request) -> _BodyBytesWritten:
+def response_bytes_counter(request: web.Request) -> BodyBytesWritten:
     """The request's response-body byte counter, hooked onto its writer on first use."""
     counter = request.get(RESPONSE_BODY_BYTES)
     if counter is None:
         writer: AbstractStreamWriter = request.writer
-        counter = _BodyBytesWritten(writer.on_body_write)
+        counter = BodyBytesWritten(writer.on_body_write)
         writer.on_body_write = counter
         request[RESPONSE_BODY_BYTES] = counter
     return counter
@@ -224,12 +211,8 @@ def metrics_handler(metrics: Metrics) -> Handler:
     return serve_metrics
 
 
-def setup_metrics(app: web.Application, settings: TelemetrySettings, metrics: Metrics) -> None:
-    """Attach the metrics middleware, ``GET /metrics`` and the service_up signals.
-
-    ``settings`` is accepted for the ``setup_*`` contract; everything this needs from
-    it already lives in ``metrics.settings``.
-    """
+def setup_metrics(app: web.Application, metrics: Metrics) -> None:
+    """Attach the metrics middleware, ``GET /metrics`` and the service_up signals."""
     app.middlewares.append(metrics_middleware(metrics))
     app.router.add_get(METRICS_PATH, metrics_handler(metrics), name="metrics")
 

@@ -10,7 +10,6 @@ from typing import Any
 from aiohttp import web
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
-PROBLEM_TYPE_BASE = "https://hitl.dev/problems/"
 
 # RFC 9110's reason phrases (Python 3.11's HTTPStatus still has the pre-9110 names for
 # 413 and 422): the one source of problem titles, for telemetry and the service alike.
@@ -53,12 +52,16 @@ class Problem:
     severity: str = "warning"
     headers: Mapping[str, str] = field(default_factory=dict)
 
-    @property
-    def type_uri(self) -> str:
-        return "about:blank" if self.slug == "about:blank" else PROBLEM_TYPE_BASE + self.slug
+    def type_uri(self, base: str) -> str:
+        """``base`` + slug (``TelemetrySettings.problem_type_base``); about:blank as is."""
+        return "about:blank" if self.slug == "about:blank" else base + self.slug
 
-    def body(self, instance: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"type": self.type_uri, "title": self.title, "status": self.status}
+    def body(self, type_base: str, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": self.type_uri(type_base),
+            "title": self.title,
+            "status": self.status,
+        }
         if self.detail:
             body["detail"] = self.detail
         if instance:
@@ -73,9 +76,9 @@ ProblemMapper = Callable[[BaseException], "Problem | None"]
 
 
 def problem_response(
-    problem: Problem, *, instance: str | None = None, **extra: Any
+    problem: Problem, *, type_base: str, instance: str | None = None, **extra: Any
 ) -> web.Response:
-    body = problem.body(instance)
+    body = problem.body(type_base, instance)
     body.update(extra)
     return web.Response(
         status=problem.status,

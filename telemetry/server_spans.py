@@ -1,7 +1,7 @@
 """Server spans: one SERVER span per request, and ``setup_tracing`` that attaches it.
 
 * ``setup_tracing`` stores a :class:`~telemetry.tracing.Tracing` under
-  :data:`~telemetry.tracing.TRACING`, adds the server middleware (outermost) and a
+  :data:`~telemetry.keys.TRACING`, adds the server middleware (outermost) and a
   ``cleanup_ctx`` that owns the ``TracerProvider``. It lives here, not in
   ``tracing.py``, so that imports point one way: this module needs the per-app
   state, the per-app state never needs the middleware.
@@ -24,11 +24,11 @@ from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from .keys import SERVER_SPAN, TRACING
 from .metrics import UNMATCHED_ENDPOINT, Metrics
 from .settings import TelemetrySettings
 from .tracing import (
     DEFAULT_SHUTDOWN_TIMEOUT_S,
-    TRACING,
     Tracing,
     TracingConfig,
     redact_query,
@@ -36,11 +36,8 @@ from .tracing import (
     untraced,
 )
 
-__all__ = ["SERVER_SPAN", "setup_tracing", "tracing_middleware"]
+__all__ = ["setup_tracing", "tracing_middleware"]
 
-# The request's server span, kept so on_response_prepare (which runs after the
-# middleware chain returned, the span no longer current) can name it in traceparent.
-SERVER_SPAN: Final = web.RequestKey("telemetry_server_span", trace.Span)
 # Attributes that carry a URL or query string, whose sensitive parameters we redact.
 _URL_ATTRIBUTES: Final = ("http.target", "http.url", "url.query", "url.full")
 

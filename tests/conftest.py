@@ -25,9 +25,8 @@ from opentelemetry import trace
 
 from service.app import create_app
 from service.auth import append_key, new_key
-from service.config import Settings
+from service.config import Settings, telemetry_settings
 from service.storage.migrate import apply_migrations, create_database, drop_database
-from telemetry import TelemetrySettings
 from telemetry.logging import reset_logging
 
 # Fixtures shared by several test packages, registered once here.
@@ -145,7 +144,7 @@ def settings(database_url: str, api_keys: Keys, clean_state: None) -> Settings:
         webhook_base_backoff_seconds=0.05,
         webhook_poll_seconds=0.05,
         cache_stats_interval_seconds=0.2,
-        telemetry=TelemetrySettings(
+        telemetry=telemetry_settings(
             service_version="test",
             log_format="json",
             otel_env={"OTEL_SDK_DISABLED": "true"},

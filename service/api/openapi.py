@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from telemetry.problems import http_title
+from telemetry import http_title
 
 from .. import __version__
 from ..keys import OPENAPI_DOCUMENT

@@ -13,8 +13,7 @@ from typing import Any
 
 import psycopg2
 
-from telemetry import Problem
-from telemetry.problems import http_title
+from telemetry import Problem, http_title
 
 from ..domain.errors import (
     AlreadyDecided,

@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from telemetry import Metrics
-
 from .errors import ApvConflict, FieldError, ReviewNotFound, ValidationFailed
 from .models import Decision, Severity
-from .ports import Notification, ReviewCache, ReviewRepository, Row
+from .ports import Notification, ReviewCache, ReviewEvents, ReviewRepository, Row
 from .validation import PatternResult, validate_apv
 
 
@@ -46,7 +44,7 @@ class ReviewService:
         self,
         store: ReviewRepository,
         cache: ReviewCache,
-        metrics: Metrics,
+        metrics: ReviewEvents,
         policy: ReviewPolicy,
         *,
         on_notification: Callable[[], None] = lambda: None,

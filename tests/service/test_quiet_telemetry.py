@@ -13,8 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from service.app import create_app
-from service.config import Settings
-from telemetry import TelemetrySettings
+from service.config import Settings, telemetry_settings
 from tests.conftest import Keys
 from tests.otlp_receiver import OtlpHttpReceiver
 from tests.prom import parse_exposition
@@ -30,7 +29,7 @@ def receiver() -> Iterator[OtlpHttpReceiver]:
 
 def traced(settings: Settings, receiver: OtlpHttpReceiver, **changes: Any) -> Settings:
     return settings.with_changes(
-        telemetry=TelemetrySettings(
+        telemetry=telemetry_settings(
             service_version="test", log_format="json", otel_env=receiver.otel_env()
         ),
         **changes,
@@ -96,7 +95,7 @@ async def test_probe_access_lines_are_debug(
 ) -> None:
     """At log level DEBUG the probe lines are there, at level debug."""
     debug = settings.with_changes(
-        telemetry=TelemetrySettings(
+        telemetry=telemetry_settings(
             log_format="json", log_level="DEBUG", otel_env={"OTEL_SDK_DISABLED": "true"}
         )
     )

@@ -11,8 +11,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from service.app import create_app
-from service.config import Settings
-from telemetry import TelemetrySettings
+from service.config import Settings, telemetry_settings
 from tests.conftest import Keys
 from tests.otlp_receiver import OtlpHttpReceiver, ReceivedSpan
 from tests.service.downstream import Downstream
@@ -27,7 +26,7 @@ def receiver() -> Iterator[OtlpHttpReceiver]:
 
 def traced(settings: Settings, receiver: OtlpHttpReceiver, **changes: Any) -> Settings:
     return settings.with_changes(
-        telemetry=TelemetrySettings(
+        telemetry=telemetry_settings(
             service_version="test", log_format="json", otel_env=receiver.otel_env()
         ),
         **changes,

@@ -94,6 +94,9 @@ def build_settings(**overrides: object) -> TelemetrySettings:
         "log_format": "json",
         # These tests are about metrics: no tracer provider, no exporter to wait for.
         "otel_env": {"OTEL_SDK_DISABLED": "true"},
+        # The test app's probe routes (telemetry's defaults know only /metrics).
+        "probe_prefixes": ("/api/health", "/metrics"),
+        "slo_excluded_prefixes": ("/api/health", "/metrics"),
     }
     values.update(overrides)
     return TelemetrySettings(**values)  # type: ignore[arg-type]

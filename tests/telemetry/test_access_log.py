@@ -12,7 +12,7 @@ from tests.telemetry.conftest import STREAM_CHUNKS, build_app
 
 def access_lines(out: str) -> list[dict[str, Any]]:
     lines = [json.loads(line) for line in out.splitlines() if line.strip()]
-    return [line for line in lines if line.get("logger") == "hitl.access"]
+    return [line for line in lines if line.get("logger") == "telemetry.access"]
 
 
 async def test_streamed_response_size_matches_metrics(

@@ -1,9 +1,8 @@
-"""The Metrics facade: business, USE, error and internal series, read back rendered."""
+"""The Metrics facade: USE, error and telemetry-health series, read back rendered."""
 
 from __future__ import annotations
 
 import asyncio
-import platform
 
 import pytest
 
@@ -23,12 +22,10 @@ async def test_closed_label_sets_exist_from_the_first_scrape(make_metrics, rende
         ("get", "hit"): 0, ("get", "miss"): 0, ("get", "error"): 0,
         ("set", "ok"): 0, ("set", "error"): 0, ("delete", "ok"): 0, ("delete", "error"): 0,
     }
-    for result in ("delivered", "failed"):
-        assert exposition.value("hitl_webhook_deliveries_total", result=result) == 0
     for name in (
         "cache_evictions_total",
-        "hitl_tracing_spans_dropped_total",
-        "hitl_tracing_export_failures_total",
+        "telemetry_tracing_spans_dropped_total",
+        "telemetry_tracing_export_failures_total",
         "service_up",
     ):
         assert exposition.value(name) == 0
@@ -41,73 +38,10 @@ async def test_gauges_without_a_reading_are_absent(make_metrics, render):
     for name in (
         "db_connections_active",
         "db_connections_idle",
-        "hitl_webhook_outbox_depth",
         "cache_hit_ratio",
     ):
         assert exposition.series_of(name) == {}
         assert exposition.types[name] == "gauge"
-
-
-async def test_build_info_names_the_running_build(make_metrics, render):
-    """hitl_build_info is 1 with version, commit and Python version labels."""
-    exposition = await render(make_metrics(service_version="2.0.1", build_commit="deadbee"))
-
-    assert exposition.series_of("hitl_build_info") == {
-        frozenset(
-            {("version", "2.0.1"), ("commit", "deadbee"), ("python", platform.python_version())}
-        ): 1
-    }
-
-
-async def test_review_events_are_counted(make_metrics, render):
-    """Creations and decisions count by their labels; decision time lands in its bucket."""
-    metrics = make_metrics()
-    metrics.record_review_created(severity="critical", source="scanner")
-    metrics.record_review_created(severity="critical", source="scanner")
-    metrics.record_review_decision(decision="approved", severity="critical", duration=30.0)
-    metrics.record_review_decision(decision="approved", severity="critical", duration=90.0)
-    metrics.record_review_decision(decision="rejected", severity="low", duration=3 * 86400.0)
-
-    exposition = await render(metrics)
-
-    assert exposition.value("review_created_total", severity="critical", source="scanner") == 2
-    approved = {"decision": "approved", "severity": "critical"}
-    assert exposition.value("review_decision_total", **approved) == 2
-    assert exposition.value("review_decision_total", decision="rejected", severity="low") == 1
-    assert exposition.value("review_decision_duration_seconds_bucket", **approved, le="60.0") == 1
-    assert exposition.value("review_decision_duration_seconds_bucket", **approved, le="120.0") == 2
-    assert exposition.value("review_decision_duration_seconds_sum", **approved) == 120.0
-    rejected = {"decision": "rejected", "severity": "low"}
-    assert exposition.value("review_decision_duration_seconds_bucket", **rejected, le="172800.0") == 0
-    assert exposition.value("review_decision_duration_seconds_bucket", **rejected, le="604800.0") == 1
-
-
-async def test_negative_decision_time_is_clamped(make_metrics, render):
-    """Clock skew cannot make the histogram's _sum go down."""
-    metrics = make_metrics()
-    metrics.record_review_decision(decision="modified", severity="high", duration=-2.0)
-
-    exposition = await render(metrics)
-
-    modified = {"decision": "modified", "severity": "high"}
-    assert exposition.value("review_decision_duration_seconds_sum", **modified) == 0.0
-    assert exposition.value("review_decision_duration_seconds_count", **modified) == 1
-
-
-async def test_apv_validations_are_counted_and_timed(make_metrics, render):
-    """Each validation counts by pattern and result, and is timed by pattern."""
-    metrics = make_metrics()
-    metrics.record_apv_validation(pattern_type="cve_format", result="valid", duration=0.002)
-    metrics.record_apv_validation(pattern_type="cve_format", result="invalid", duration=0.003)
-
-    exposition = await render(metrics)
-
-    assert exposition.value("apv_validation_total", pattern_type="cve_format", result="valid") == 1
-    assert exposition.value("apv_validation_total", pattern_type="cve_format", result="invalid") == 1
-    assert exposition.value("apv_validation_duration_seconds_count", pattern_type="cve_format") == 2
-    assert exposition.value(
-        "apv_validation_duration_seconds_sum", pattern_type="cve_format"
-    ) == pytest.approx(0.005)
 
 
 async def test_db_query_times_successes_and_failures(make_metrics, render):
@@ -222,26 +156,17 @@ async def test_label_values_are_escaped(make_metrics, render):
     assert exposition.value("app_errors_total", type=awkward, severity="warning") == 1
 
 
-async def test_outbox_webhooks_and_tracing_internals(make_metrics, render):
-    """The outbox worker and the span exporter have their own series."""
+async def test_tracing_internals(make_metrics, render):
+    """The span exporter has its own series, named with the metric prefix."""
     metrics = make_metrics()
-    metrics.set_outbox_depth(4)
-    metrics.record_webhook_delivery(result="delivered")
-    metrics.record_webhook_delivery(result="delivered")
-    metrics.record_webhook_delivery(result="failed")
     metrics.record_spans_dropped(3)
     metrics.record_spans_dropped(0)
     metrics.record_span_export_failure()
 
     exposition = await render(metrics)
 
-    assert exposition.value("hitl_webhook_outbox_depth") == 4
-    assert exposition.value("hitl_webhook_deliveries_total", result="delivered") == 2
-    assert exposition.value("hitl_webhook_deliveries_total", result="failed") == 1
-    assert exposition.value("hitl_tracing_spans_dropped_total") == 3
-    assert exposition.value("hitl_tracing_export_failures_total") == 1
-    with pytest.raises(ValueError, match="result='bounced'"):
-        metrics.record_webhook_delivery(result="bounced")
+    assert exposition.value("telemetry_tracing_spans_dropped_total") == 3
+    assert exposition.value("telemetry_tracing_export_failures_total") == 1
 
 
 async def test_record_request_bounds_labels_and_applies_slo_rules(make_metrics, render):

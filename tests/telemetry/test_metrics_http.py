@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 import telemetry
-from telemetry.middleware import REQUEST_DURATION
+from telemetry.keys import REQUEST_DURATION
 from tests.conftest import require_tool
 
 GET_REVIEW = {"method": "GET", "endpoint": "/api/reviews/{review_id}"}
@@ -386,7 +386,8 @@ async def test_collectors_refresh_gauges_before_each_scrape(aiohttp_client, metr
 
 
 async def test_every_metric_has_its_catalogue_type(aiohttp_client, metrics_app, scrape):
-    """/metrics declares exactly the catalogue's metric names, each with its type."""
+    """/metrics declares exactly the generic catalogue's metric names, each with its
+    type: no business metric of any service (hitl's are tests/service/test_review_metrics.py)."""
     client = await aiohttp_client(metrics_app())
 
     exposition = await scrape(client)
@@ -426,15 +427,10 @@ async def test_promtool_finds_only_the_seed_naming_deviation(aiohttp_client, met
 
 def move_every_metric(metrics: telemetry.Metrics) -> None:
     """Give every family at least one sample, so promtool sees each of them."""
-    metrics.record_review_created(severity="high", source="scanner")
-    metrics.record_review_decision(decision="approved", severity="high", duration=42.0)
-    metrics.record_apv_validation(pattern_type="cve_format", result="valid", duration=0.002)
     metrics.set_db_pool(active=1, idle=4)
     metrics.record_cache("get", "hit")
     metrics.record_cache_evictions(2)
     metrics.record_app_error(type="validation", severity="warning")
-    metrics.set_outbox_depth(3)
-    metrics.record_webhook_delivery(result="delivered")
     metrics.record_spans_dropped(1)
     metrics.record_span_export_failure()
 
@@ -444,11 +440,6 @@ CATALOGUE = {
     "http_request_duration_seconds": "histogram",
     "http_request_size_bytes": "histogram",
     "http_response_size_bytes": "histogram",
-    "review_created_total": "counter",
-    "review_decision_total": "counter",
-    "review_decision_duration_seconds": "histogram",
-    "apv_validation_total": "counter",
-    "apv_validation_duration_seconds": "histogram",
     "db_connections_active": "gauge",
     "db_connections_idle": "gauge",
     "db_connections_max": "gauge",
@@ -463,9 +454,6 @@ CATALOGUE = {
     "slo_requests_total": "counter",
     "slo_requests_good": "counter",
     "slo_requests_bad": "counter",
-    "hitl_build_info": "gauge",
-    "hitl_webhook_outbox_depth": "gauge",
-    "hitl_webhook_deliveries_total": "counter",
-    "hitl_tracing_spans_dropped_total": "counter",
-    "hitl_tracing_export_failures_total": "counter",
+    "telemetry_tracing_spans_dropped_total": "counter",
+    "telemetry_tracing_export_failures_total": "counter",
 }

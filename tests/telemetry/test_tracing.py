@@ -181,7 +181,7 @@ async def test_logs_carry_the_exported_trace_and_span_ids(
         assert line["span_id"] == server.span_id
         assert int(line["trace_flags"], 16) & 0x01  # sampled (0x02 = random trace id)
     access = next(ln for ln in lines if ln["event"] == "request")
-    assert access["logger"] == "hitl.access"
+    assert access["logger"] == "telemetry.access"
     assert access["route"] == "/api/reviews/{review_id}"
     assert access["path"] == "/api/reviews/r1"
     assert access["status"] == 200

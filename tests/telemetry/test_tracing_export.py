@@ -13,15 +13,11 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from telemetry import Metrics, TelemetrySettings, TelemetrySettingsError
+from telemetry.export import QueueBudget, ReportingExporter, _ExporterLogCapture
 from telemetry.instrumentation import sanitize_sql
+from telemetry.keys import TRACING
 from telemetry.logging import configure_logging
-from telemetry.tracing import (
-    TRACING,
-    TracingConfig,
-    _ExporterLogCapture,
-    _QueueBudget,
-    _ReportingExporter,
-)
+from telemetry.tracing_config import TracingConfig
 from tests.otlp_receiver import HungCollector, OtlpGrpcReceiver, OtlpHttpReceiver, closed_port
 from tests.telemetry._tracing_fixtures import (
     ClientFactory,
@@ -116,7 +112,7 @@ async def test_collector_hung_never_slows_requests_and_shutdown_is_bounded(
 
 async def test_full_queue_drops_and_counts_spans(start: ClientFactory) -> None:
     """With the exporter stuck and a queue of 4, extra spans are dropped and counted
-    in hitl_tracing_spans_dropped_total; requests are unaffected."""
+    in telemetry_tracing_spans_dropped_total; requests are unaffected."""
     with HungCollector() as hung:
         env = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": hung.endpoint,
@@ -133,7 +129,7 @@ async def test_full_queue_drops_and_counts_spans(start: ClientFactory) -> None:
         dropped = [
             float(line.split()[-1])
             for line in body.splitlines()
-            if line.startswith("hitl_tracing_spans_dropped_total")
+            if line.startswith("telemetry_tracing_spans_dropped_total")
         ]
         assert dropped and dropped[0] >= BATCH - 4
         app[TRACING].shutdown_timeout_s = 0.3
@@ -156,9 +152,9 @@ def test_export_failures_are_reported_at_most_once_a_minute(
     configure_logging(TelemetrySettings(log_format="json"))
     now = [0.0]
     metrics = Metrics(TelemetrySettings())
-    exporter = _ReportingExporter(
+    exporter = ReportingExporter(
         _FailingExporter(),
-        budget=_QueueBudget(10),
+        budget=QueueBudget(10),
         metrics=metrics,
         capture=_ExporterLogCapture(),
         endpoint="http://collector:4318/v1/traces",
@@ -173,7 +169,7 @@ def test_export_failures_are_reported_at_most_once_a_minute(
     ]
     assert [ln["failed_batches"] for ln in lines] == [1, 3]
     # The log is rate-limited; the counter is not: every failed batch counts.
-    assert metrics.hitl_tracing_export_failures_total.get({}) == 4
+    assert metrics.tracing_export_failures_total.get({}) == 4
 
 
 def test_otel_env_is_read_from_settings_not_the_process() -> None:

@@ -1,0 +1,121 @@
+"""hitl's business metrics, defined on the app's telemetry registry.
+
+The generic HTTP/SLO/error/resource metrics belong to ``telemetry.Metrics``; what only
+this service knows — reviews, APV validation, the decision webhook, the build — is
+defined here on the same registry, so one ``/metrics`` exposes both. Names, labels and
+buckets are the seed's contract (docs/metrics.md).
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Final
+
+from telemetry import Metrics, TelemetrySettings, metric_labels, require_label
+
+# A human decides: seconds (a quick approve) to a week (an escalation left over a
+# weekend). 60 s is a bound because the SlowReviewDecisions alert is "P95 > 60s".
+DECISION_DURATION_BUCKETS: Final = (
+    1.0,
+    5.0,
+    15.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    14400.0,
+    28800.0,
+    86400.0,
+    172800.0,
+    604800.0,
+)
+# Validation patterns are CPU-bound checks on one APV: sub-millisecond to seconds.
+VALIDATION_DURATION_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+WEBHOOK_RESULTS: Final = ("delivered", "failed")
+
+
+class ReviewMetrics:
+    """Reviews, validation, webhook delivery and build info; the only way to move them."""
+
+    def __init__(self, metrics: Metrics, settings: TelemetrySettings) -> None:
+        self.review_created_total = metrics.counter(
+            "review_created_total", "Reviews created by APV severity and source."
+        )
+        self.review_decision_total = metrics.counter(
+            "review_decision_total", "Review decisions committed, by decision and severity."
+        )
+        self.review_decision_duration_seconds = metrics.histogram(
+            "review_decision_duration_seconds",
+            "Time from review submission to decision in seconds.",
+            DECISION_DURATION_BUCKETS,
+        )
+        self.apv_validation_total = metrics.counter(
+            "apv_validation_total", "APV validations by pattern type and result."
+        )
+        self.apv_validation_duration_seconds = metrics.histogram(
+            "apv_validation_duration_seconds",
+            "APV validation duration in seconds, by pattern type.",
+            VALIDATION_DURATION_BUCKETS,
+        )
+        self.hitl_build_info = metrics.gauge(
+            "hitl_build_info", "Always 1; labels name the running build."
+        )
+        self.hitl_webhook_outbox_depth = metrics.gauge(
+            "hitl_webhook_outbox_depth", "Decision webhooks waiting in the outbox."
+        )
+        self.hitl_webhook_deliveries_total = metrics.counter(
+            "hitl_webhook_deliveries_total", "Decision webhook delivery attempts by result."
+        )
+        # Closed label sets exist from the first scrape, so rate() works at once.
+        for result in WEBHOOK_RESULTS:
+            self.hitl_webhook_deliveries_total.set({"result": result}, 0)
+        self.hitl_build_info.set(
+            metric_labels(
+                version=settings.service_version,
+                commit=settings.build_commit,
+                python=platform.python_version(),
+            ),
+            1,
+        )
+
+    def record_review_created(self, *, severity: str, source: str) -> None:
+        self.review_created_total.inc(metric_labels(severity=severity, source=source))
+
+    def record_review_decision(self, *, decision: str, severity: str, duration: float) -> None:
+        """Count a committed decision; ``duration`` is seconds since the review was created."""
+        labels = metric_labels(decision=decision, severity=severity)
+        self.review_decision_total.inc(labels)
+        # Clock skew between the DB's created_at and this host must not make the
+        # histogram's _sum decrease (it is read with rate()).
+        self.review_decision_duration_seconds.observe(labels, max(float(duration), 0.0))
+
+    def record_apv_validation(self, *, pattern_type: str, result: str, duration: float) -> None:
+        self.apv_validation_total.inc(metric_labels(pattern_type=pattern_type, result=result))
+        self.apv_validation_duration_seconds.observe(
+            metric_labels(pattern_type=pattern_type), max(float(duration), 0.0)
+        )
+
+    def set_outbox_depth(self, depth: int) -> None:
+        self.hitl_webhook_outbox_depth.set({}, depth)
+
+    def record_webhook_delivery(self, *, result: str) -> None:
+        require_label(result, WEBHOOK_RESULTS, "result")
+        self.hitl_webhook_deliveries_total.inc({"result": result})
