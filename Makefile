@@ -9,7 +9,7 @@ HITL_PORT ?= 8000
 HITL_API_KEYS_FILE ?= $(CURDIR)/.local/api-keys.json
 export HITL_HOST HITL_PORT HITL_API_KEYS_FILE
 
-.PHONY: run test stack rules lint typecheck tools services lock clean
+.PHONY: run test bench stack rules lint typecheck tools services lock clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,25 @@ test: $(VENV)/.installed tools services
 	$(VENV)/bin/ruff check service telemetry tests ops
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Benchmarks of issue 10, never part of `make test` (~10 min): telemetry's cost on a
+## no-I/O route against bare aiohttp and the stock OTel/aioprometheus/structlog peer,
+## the real API open-loop, /metrics at scale, a soak. Rewrites the results block of
+## docs/benchmarks.md and docs/images/benchmarks.png. BENCH_ARGS passes options
+## (`$(PY) -m tests.benchmarks.run --help`); PROFILE=1 (sample100) or PROFILE=<config>
+## profiles that configuration with py-spy instead.
+BENCH_ARGS ?=
+PROFILE ?=
+bench: $(VENV)/.installed-bench services
+	bash tests/benchmarks/install-tools.sh
+	$(PY) -m tests.benchmarks.run $(BENCH_ARGS) \
+	  $(if $(PROFILE),--profile $(if $(filter 1,$(PROFILE)),sample100,$(PROFILE))) \
+	  '--invoked-as=make bench$(if $(BENCH_ARGS), BENCH_ARGS="$(BENCH_ARGS)")$(if $(PROFILE), PROFILE=$(PROFILE))'
+
+# The bench extra on top of dev; rebuilt whenever the dev install is.
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $@
 
 ## Debian packages the tests drive (promtool, Alertmanager, exporters, docker-compose).
 tools:
