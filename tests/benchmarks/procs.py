@@ -70,10 +70,24 @@ def http_get_json(url: str, timeout: float = 5.0) -> object:
 
 
 class Processes:
-    """Starts children in their own process groups and stops whatever is left."""
+    """Starts children in their own process groups and stops whatever is left.
 
-    def __init__(self) -> None:
+    ``source``: the checkout the children import ``service``, ``telemetry`` and these
+    benchmarks from (their working directory, and first on PYTHONPATH, ahead of the
+    venv's editable install); by default this one.
+    """
+
+    def __init__(self, source: Path = ROOT) -> None:
+        self.source = source
         self._live: list[subprocess.Popen[bytes]] = []
+
+    def _env(self, env: Mapping[str, str] | None) -> dict[str, str]:
+        merged = dict(os.environ if env is None else env)
+        if self.source != ROOT:
+            merged["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(self.source), merged.get("PYTHONPATH", "")) if p
+            )
+        return merged
 
     def start(
         self,
@@ -88,11 +102,11 @@ class Processes:
         command = ["taskset", "-c", cpus, *argv] if cpus else list(argv)
         proc = subprocess.Popen(
             command,
-            env=dict(env) if env is not None else None,
+            env=self._env(env),
             stdout=stdout,
             stderr=stderr,
             stdin=subprocess.DEVNULL,
-            cwd=ROOT,
+            cwd=self.source,
             start_new_session=True,  # own group: no stray Ctrl-C, and killpg reaches all
         )
         self._live.append(proc)
@@ -137,7 +151,7 @@ class Processes:
 
 
 @contextlib.contextmanager
-def managed() -> Iterator[Processes]:
+def managed(source: Path = ROOT) -> Iterator[Processes]:
     """A ``Processes`` whose children are stopped however the block ends.
 
     SIGTERM (and SIGHUP) become SystemExit so ``finally`` blocks run for them too,
@@ -148,7 +162,7 @@ def managed() -> Iterator[Processes]:
         raise SystemExit(128 + signum)
 
     previous = {sig: signal.signal(sig, exit_on) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    procs = Processes()
+    procs = Processes(source)
     try:
         yield procs
     finally:

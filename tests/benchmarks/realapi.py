@@ -74,9 +74,21 @@ def _delete_redis_keys(prefix: str) -> int:
 
 
 def _drop_database(url: str) -> None:
-    from service.storage.migrate import drop_database
+    """Drop the run's database (plain psycopg2: the clean-up must not depend on the
+    service's code importing, which may be mid-edit)."""
+    import psycopg2
+    from psycopg2 import sql
 
-    asyncio.run(drop_database(url))
+    name = url.rsplit("/", 1)[1]
+    conn = psycopg2.connect(url.rsplit("/", 1)[0] + "/postgres")
+    try:
+        conn.autocommit = True  # DROP DATABASE cannot run in a transaction
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+    finally:
+        conn.close()
 
 
 @contextlib.contextmanager

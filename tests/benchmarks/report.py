@@ -412,10 +412,15 @@ def targets_table(results: dict[str, Any]) -> str:
 
 def meta_lines(results: dict[str, Any]) -> str:
     meta = results["meta"]
-    tree = "clean" if not meta["dirty"] else "dirty: " + ", ".join(meta["dirty"][:8])
+    if meta.get("snapshot"):
+        tree = "a snapshot of that commit (`--at`), whatever the working tree held"
+    elif meta["dirty"]:
+        tree = "working tree with uncommitted changes: " + ", ".join(meta["dirty"][:12])
+    else:
+        tree = "clean working tree"
     return "\n".join(
         [
-            f"- **When**: {meta['date']} (UTC); measured at commit `{meta['commit']}`, tree {tree}.",
+            f"- **When**: {meta['date']} (UTC); measured at commit `{meta['commit']}`, {tree}.",
             f"- **Machine**: `nproc` = {meta['nproc']}, {meta['cpu_model']}, "
             f"{meta['memory_gib']:.0f} GiB; shared with other work (1-min load average "
             f"{meta['loadavg_start']:.2f} at the start, {meta.get('loadavg_end', math.nan):.2f} at the end).",

@@ -108,6 +108,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="only profile CONFIG under wrk load with py-spy (repeatable)",
     )
     parser.add_argument("--profile-seconds", type=float, default=15)
+    parser.add_argument(
+        "--at",
+        metavar="REV",
+        help="measure this commit (a `git archive` of it) instead of the working tree",
+    )
     parser.add_argument("--from-json", type=Path, help="rebuild the report from a results.json")
     parser.add_argument("--invoked-as", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -148,9 +153,13 @@ def meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        # Porcelain lines are "XY path": two status letters, a space, the path.
-        "dirty": [line[3:] for line in _git("status", "--porcelain").splitlines()],
+        "commit": _git("rev-parse", "--short", args.at or "HEAD"),
+        "snapshot": bool(args.at),
+        # Porcelain lines are "XY path": two status letters, a space, the path. A
+        # snapshot (--at) is clean by construction, whatever the working tree holds.
+        "dirty": []
+        if args.at
+        else [line[3:] for line in _git("status", "--porcelain").splitlines()],
         "api_env": dict(args.api_env),
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_model": _cpu_model(),
@@ -186,6 +195,25 @@ def meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "only": args.only,
         },
     }
+
+
+def snapshot(rev: str, into: Path) -> Path:
+    """``service`` and ``telemetry`` as of commit ``rev``, with this harness beside them,
+    under ``into``: a run measures one coherent version even while the working tree is
+    being edited, and any older commit can be measured by today's harness."""
+    into.mkdir()
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", rev, "--", "service", "telemetry"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    (into / "tests").mkdir()
+    shutil.copy(ROOT / "tests" / "__init__.py", into / "tests")
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "tests" / "benchmarks", into / "tests" / "benchmarks", ignore=ignore)
+    return into
 
 
 def require_tools() -> None:
@@ -427,7 +455,8 @@ def bench(argv: list[str]) -> None:
         "meta": meta(args, [a for a in argv if not a.startswith("--invoked-as")])
     }
     parts = args.only.split(",")
-    with managed() as procs:
+    source = snapshot(args.at, run_dir / "src") if args.at else ROOT
+    with managed(source) as procs:
         sink = Sink(procs, run_dir, None if args.no_pin else LOAD_CPU)
         if args.profile:
             run_profiles(procs, sink, run_dir, args)
