@@ -412,10 +412,15 @@ def run_profiles(procs: Processes, sink: Sink, run_dir: Path, args: argparse.Nam
                 )
             )
         say(f"flame graph: {CHART.parent / f'profile-{config}.svg'}")
+    if args.at:
+        source = f"commit {_git('rev-parse', '--short', args.at)} (a snapshot, --at)"
+    else:
+        dirty = " with uncommitted changes" if _git("status", "--porcelain") else ""
+        source = f"the working tree at {_git('rev-parse', '--short', 'HEAD')}{dirty}"
     header = (
-        f"py-spy profiles, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, commit "
-        f"{_git('rev-parse', '--short', 'HEAD')}{' (dirty tree)' if _git('status', '--porcelain') else ''}; "
-        f"wrk -t1 -c{args.connections} on GET {ROUTE}, {args.profile_seconds:g} s at 100 Hz.\n"
+        f"py-spy profiles, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, of "
+        f"{source}; wrk -t1 -c{args.connections} on GET {ROUTE}, {args.profile_seconds:g} s "
+        "at 100 Hz, the thread holding the GIL only.\n"
         "Percent of all samples; frames are function (file:first line).\n\n"
     )
     PROFILE_TEXT.write_text(header + "\n".join(sections))
