@@ -411,6 +411,7 @@ def run_profiles(procs: Processes, sink: Sink, run_dir: Path, args: argparse.Nam
                     wrk_cpus=load_cpu,
                 )
             )
+        _log_lines(run_dir / f"profile-{config}.log", args.keep_logs)  # deletes it unless kept
         say(f"flame graph: {CHART.parent / f'profile-{config}.svg'}")
     if args.at:
         source = f"commit {_git('rev-parse', '--short', args.at)} (a snapshot, --at)"
