@@ -8,7 +8,8 @@ business metrics on ``app[telemetry.METRICS]`` (``counter``/``gauge``/``histogra
 and uses the helpers below for spans of its own resources. Everything a service needs
 is in ``__all__``; the modules behind it are internals.
 
-Middlewares, outermost first: tracing, request context, metrics, errors.
+One middleware (telemetry/middleware.py) does, outermost first: tracing, request
+context, metrics, errors.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from .context import setup_request_context
-from .errors import setup_errors
+from .context import AccessLog, setup_request_context
+from .errors import ErrorResponder
 from .instrumentation import client_trace_configs, create_aiopg_pool, instrument_redis
 from .keys import METRICS, REQUEST_ID, SETTINGS
 from .logging import configure_logging
 from .metrics import Metrics, metric_labels, require_label
-from .middleware import setup_metrics
+from .middleware import request_middleware, setup_metrics
 from .problems import Problem, ProblemMapper, http_title, problem_response
 from .server_spans import setup_tracing
 from .settings import TelemetrySettings, TelemetrySettingsError
@@ -60,19 +61,23 @@ def setup(
     problem_mapper: ProblemMapper | None = None,
     app_error_labels: Iterable[tuple[str, str]] = (),
 ) -> Metrics:
-    """Attach every telemetry middleware, route and signal to ``app``.
+    """Attach the telemetry middleware, ``/metrics``, and the signals to ``app``.
 
     ``app_error_labels``: every (type, severity) the ``problem_mapper`` can answer
-    with, pre-created at 0 in ``app_errors_total``. The order of the calls below is
-    the order of the middlewares.
+    with, pre-created at 0 in ``app_errors_total``. Call it before adding the app's
+    own middlewares: ours is then the outermost.
     """
     configure_logging(settings)
     metrics = Metrics(settings)
     metrics.preinitialise_app_errors(app_error_labels)
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    setup_tracing(app, settings, metrics)
-    setup_request_context(app, settings)
+    spans = setup_tracing(app, settings, metrics)
+    setup_request_context(app)
     setup_metrics(app, metrics)
-    setup_errors(app, settings, metrics, problem_mapper)
+    app.middlewares.append(
+        request_middleware(
+            metrics, AccessLog(settings), ErrorResponder(settings, metrics, problem_mapper), spans
+        )
+    )
     return metrics

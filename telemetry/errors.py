@@ -1,4 +1,4 @@
-"""The innermost telemetry middleware: every failure becomes a problem+json response.
+"""Every failure becomes a problem+json response.
 
 Domain exceptions are translated by the service's ``ProblemMapper``; aiohttp's own
 HTTP errors keep their status; anything else is a crash: logged once with its
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
@@ -35,56 +34,52 @@ def _problem_from_http_exception(exc: web.HTTPException) -> Problem:
     )
 
 
-def errors_middleware(
-    settings: TelemetrySettings, metrics: Metrics, mapper: ProblemMapper | None
-) -> Middleware:
-    type_base = settings.problem_type_base
+class ErrorResponder:
+    """Turns what a handler raised into the response the client gets.
 
-    @web.middleware
-    async def handle_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            problem = _problem_from_http_exception(exc)
-        except Exception as exc:
-            mapped = mapper(exc) if mapper is not None else None
-            if mapped is None:
-                return _crash_response(request, metrics, exc, type_base)
-            problem = mapped
+    Called by the request middleware (telemetry/middleware.py) innermost, around the
+    handler, while the request's server span is current.
+    """
+
+    def __init__(
+        self, settings: TelemetrySettings, metrics: Metrics, mapper: ProblemMapper | None
+    ) -> None:
+        self._type_base = settings.problem_type_base
+        self._metrics = metrics
+        self._mapper = mapper
+
+    def for_http_exception(self, request: web.Request, exc: web.HTTPException) -> web.Response:
+        """aiohttp's own 4xx/5xx (a route miss, a 405, a 413): a problem with its status."""
+        return self._problem(request, _problem_from_http_exception(exc))
+
+    def for_exception(self, request: web.Request, exc: Exception) -> web.Response:
+        """A domain error the mapper knows, or a crash."""
+        problem = self._mapper(exc) if self._mapper is not None else None
+        if problem is None:
+            return self._crash(request, exc)
+        return self._problem(request, problem)
+
+    def _problem(self, request: web.Request, problem: Problem) -> web.Response:
         if problem.error_type is not None:
-            metrics.record_app_error(type=problem.error_type, severity=problem.severity)
-        return problem_response(problem, type_base=type_base, instance=request.path)
+            self._metrics.record_app_error(type=problem.error_type, severity=problem.severity)
+        return problem_response(problem, type_base=self._type_base, instance=request.path)
 
-    return handle_errors
-
-
-def _crash_response(
-    request: web.Request, metrics: Metrics, exc: Exception, type_base: str
-) -> web.Response:
-    request_id = request.get(REQUEST_ID, "")
-    kind = type(exc).__name__
-    metrics.record_exception(type=kind)
-    span = trace.get_current_span()
-    span.record_exception(exc)
-    span.set_status(Status(StatusCode.ERROR, kind))
-    log.error("unhandled_exception", exc_info=exc, exception_type=kind, request_id=request_id)
-    problem = Problem(
-        status=500,
-        title="Internal Server Error",
-        slug="internal-error",
-        detail="The server failed to handle this request; quote the request id when reporting it.",
-    )
-    return problem_response(
-        problem, type_base=type_base, instance=request.path, request_id=request_id
-    )
+    def _crash(self, request: web.Request, exc: Exception) -> web.Response:
+        request_id = request.get(REQUEST_ID, "")
+        kind = type(exc).__name__
+        self._metrics.record_exception(type=kind)
+        span = trace.get_current_span()
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, kind))
+        log.error("unhandled_exception", exc_info=exc, exception_type=kind, request_id=request_id)
+        return problem_response(
+            _CRASH, type_base=self._type_base, instance=request.path, request_id=request_id
+        )
 
 
-def setup_errors(
-    app: web.Application,
-    settings: TelemetrySettings,
-    metrics: Metrics,
-    mapper: ProblemMapper | None,
-) -> None:
-    app.middlewares.append(errors_middleware(settings, metrics, mapper))
+_CRASH = Problem(
+    status=500,
+    title="Internal Server Error",
+    slug="internal-error",
+    detail="The server failed to handle this request; quote the request id when reporting it.",
+)

@@ -9,7 +9,7 @@ from opentelemetry import trace
 
 if TYPE_CHECKING:
     from .metrics import Metrics
-    from .middleware import BodyBytesWritten
+    from .requests import BodyBytesWritten
     from .settings import TelemetrySettings
     from .tracing import Tracing
 

@@ -2,16 +2,22 @@
 
 Every line the process prints has the same shape, whether it came from structlog
 (``structlog.get_logger(...)``) or from the standard library (aiohttp, asyncio, aiopg,
-opentelemetry): structlog hands its event dicts to the stdlib logging machinery and a
-single root handler renders both through ``structlog.stdlib.ProcessorFormatter``.
+opentelemetry). The two take different roads, because one of them is the request path:
+
+* structlog events (the access line, the service's own events) go straight from the
+  processor chain to an orjson-rendered line written to stdout — no stdlib
+  ``logging`` round trip (LogRecord, handler lock, formatter) per request.
+* stdlib records of libraries go through one root handler whose
+  ``structlog.stdlib.ProcessorFormatter`` runs the same processors and renderer.
 
 Correlation follows the OpenTelemetry spec for trace context in non-OTLP logs: the
 span active at the moment of the log call contributes top-level ``trace_id`` (32
 lowercase hex), ``span_id`` (16 lowercase hex) and ``trace_flags`` (2 hex).
 
-Logging is process-global by nature (the root logger, structlog's config); that is
-the only global state touched here, and ``configure_logging`` is idempotent so each
-``telemetry.setup(app, ...)`` can call it.
+Logging is process-global by nature (the root logger, structlog's config, and
+:data:`_OUTPUT`, the level and renderer every cached logger consults at call time);
+that is the only global state touched here, and ``configure_logging`` is idempotent
+so each ``telemetry.setup(app, ...)`` can call it.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import orjson
 import structlog
 from opentelemetry import trace
 from structlog.tracebacks import ExceptionDictTransformer
@@ -33,6 +41,8 @@ __all__ = [
     "REDACTED",
     "add_otel_context",
     "configure_logging",
+    "event_writer",
+    "is_enabled",
     "is_sensitive_key",
     "redact_secrets",
     "reset_logging",
@@ -49,6 +59,10 @@ _SENSITIVE_KEY = re.compile(
 _CREDENTIAL_VALUE = re.compile(r"^\s*(bearer|basic|digest)\s+\S+", re.IGNORECASE)
 # Bounds the walk into nested containers; a log call never needs deeper structure.
 _MAX_REDACTION_DEPTH = 6
+# Field names are few and repeat on every line: remember each verdict. Bounded, so a
+# caller logging attacker-chosen keys cannot grow it without limit.
+_KEY_VERDICTS: dict[str, bool] = {}
+_MAX_KEY_VERDICTS = 4096
 
 # Loggers of libraries whose records must come out in our JSON shape. They propagate
 # to the root handler; listing them documents the contract and resets any level a
@@ -62,14 +76,62 @@ ROUTED_STDLIB_LOGGERS = (
     "opentelemetry",
 )
 
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
+class _Output:
+    """The level and renderer in force, read by every logger at call time, so a logger
+    cached under one configuration follows the next one."""
+
+    __slots__ = ("console", "level")
+
+    def __init__(self) -> None:
+        self.level = logging.INFO
+        self.console = False
+
+
+_OUTPUT = _Output()
+
+
+def is_enabled(level: str) -> bool:
+    """Whether a line at ``level`` ("debug", "info", ...) would be written now; lets a
+    hot path skip building the fields of a line that would be dropped."""
+    return _LEVELS[level] >= _OUTPUT.level
+
 
 def is_sensitive_key(key: str) -> bool:
     """Whether a field or header name denotes a secret (shared with tracing's redaction)."""
-    return bool(_SENSITIVE_KEY.search(key.lower()))
+    verdict = _KEY_VERDICTS.get(key)
+    if verdict is None:
+        verdict = bool(_SENSITIVE_KEY.search(key.lower()))
+        if len(_KEY_VERDICTS) < _MAX_KEY_VERDICTS:
+            _KEY_VERDICTS[key] = verdict
+    return verdict
+
+
+# A string can be a pasted credential only if it starts (after blanks) with one of
+# these letters: every other string is passed over without running the regex.
+_CREDENTIAL_FIRST = frozenset("bBdD \t\r\n\f\v")
+# Values that are never walked: the bulk of an access line.
+_SCALARS = frozenset({int, float, bool, type(None)})
 
 
 def _redact_value(value: Any, depth: int) -> Any:
-    if depth > _MAX_REDACTION_DEPTH:
+    kind = type(value)
+    if kind is str:
+        if value and value[0] in _CREDENTIAL_FIRST and _CREDENTIAL_VALUE.match(value):
+            return REDACTED
+        return value
+    if kind in _SCALARS or depth > _MAX_REDACTION_DEPTH:
         return value
     if isinstance(value, Mapping):
         return {
@@ -80,18 +142,55 @@ def _redact_value(value: Any, depth: int) -> Any:
         }
     if isinstance(value, list | tuple):
         return [_redact_value(v, depth + 1) for v in value]
-    if isinstance(value, str) and _CREDENTIAL_VALUE.match(value):
-        return REDACTED
     return value
 
 
 def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-    """Replace credentials (by key, nested, or by ``Bearer ...`` value) with ``[REDACTED]``."""
-    for key in list(event_dict):
-        if key.startswith("_"):  # structlog/stdlib plumbing (_record, _from_structlog)
+    """Replace credentials (by key, nested, or by ``Bearer ...`` value) with ``[REDACTED]``.
+
+    Key verdicts are remembered; numbers and None (most of an access line) are passed
+    over at once; a string runs the regex only when its first character could start
+    a credential; only containers are walked.
+    """
+    return _redact(event_dict, _NOTHING_TRUSTED)
+
+
+_NOTHING_TRUSTED: frozenset[str] = frozenset()
+
+
+def _redact(event_dict: EventDict, trusted: frozenset[str]) -> EventDict:
+    """redact_secrets, passing over the ``trusted`` keys: fields whose values the
+    caller produced itself and that cannot hold a credential (a status, a route)."""
+    verdicts = _KEY_VERDICTS
+    for key, value in event_dict.items():
+        if key in trusted:
             continue
-        value = event_dict[key]
-        event_dict[key] = REDACTED if is_sensitive_key(key) else _redact_value(value, 0)
+        sensitive = verdicts.get(key)
+        if sensitive is None:
+            sensitive = is_sensitive_key(key)
+        if sensitive:
+            event_dict[key] = REDACTED
+        elif type(value) not in _SCALARS and not key.startswith("_"):
+            # "_record"/"_from_structlog": stdlib plumbing, never printed, never walked.
+            redacted = _redact_value(value, 0)
+            if redacted is not value:
+                event_dict[key] = redacted
+    return event_dict
+
+
+_TIMESTAMP_SECOND: list[Any] = [-1, ""]
+
+
+def _add_timestamp(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """ISO 8601 UTC with microseconds and "Z" (2026-11-28T19:14:28.076412Z), as
+    structlog's TimeStamper(fmt="iso", utc=True) writes it, at a fraction of the cost:
+    the part up to the second is formatted once per second."""
+    now = time.time()
+    second = int(now)
+    cached = _TIMESTAMP_SECOND
+    if cached[0] != second:
+        cached[0], cached[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    event_dict["timestamp"] = f"{cached[1]}.{int((now - second) * 1_000_000):06d}Z"
     return event_dict
 
 
@@ -105,6 +204,11 @@ def add_otel_context(_logger: WrappedLogger, _method: str, event_dict: EventDict
     return event_dict
 
 
+def _add_logger_name(logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    event_dict["logger"] = logger.name
+    return event_dict
+
+
 def _drop_formatter_message(
     _logger: WrappedLogger, _method: str, event_dict: EventDict
 ) -> EventDict:
@@ -115,22 +219,57 @@ def _drop_formatter_message(
     return event_dict
 
 
-def _shared_processors(*, foreign: bool = False) -> list[Processor]:
-    """Processors both structlog and foreign (stdlib) records go through.
+def _json_default(value: Any) -> str:
+    # Whatever orjson cannot serialise natively (a UUID subclass, a Path ...) prints as
+    # its str(), as the stdlib JSON renderer's default=str did.
+    return str(value)
 
-    The chain does not depend on settings: a logger cached by
-    ``cache_logger_on_first_use`` keeps working after a reconfiguration, because
-    everything that varies (renderer, level) lives in the root handler. For foreign
-    (stdlib) records, ``extra={...}`` fields are lifted in before redaction sees them.
+
+def _orjson_bytes(event_dict: EventDict) -> bytes:
+    return orjson.dumps(event_dict, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+
+
+_EXCEPTION_DICTS = structlog.processors.ExceptionRenderer(
+    # show_locals=False: frame locals would print passwords and tokens verbatim.
+    ExceptionDictTransformer(show_locals=False)
+)
+_CONSOLE = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+
+
+def _render(logger: WrappedLogger, method: str, event_dict: EventDict) -> bytes | str:
+    """The last processor: JSON bytes (orjson), or a console line for humans."""
+    if _OUTPUT.console:
+        return _CONSOLE(logger, method, event_dict)
+    if "exc_info" in event_dict:
+        event_dict = _EXCEPTION_DICTS(logger, method, event_dict)
+    return _orjson_bytes(event_dict)
+
+
+def _render_foreign(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+    """The same renderer for stdlib records (ProcessorFormatter wants text)."""
+    rendered = _render(logger, method, event_dict)
+    return rendered.decode() if isinstance(rendered, bytes) else rendered
+
+
+def _processors(*, foreign: bool) -> list[Processor]:
+    """Processors both structlog events and foreign (stdlib) records go through.
+
+    For foreign records, ``extra={...}`` fields are lifted in before redaction sees
+    them, and the logger name comes from the record.
     """
-    extras: list[Processor] = (
-        [structlog.stdlib.ExtraAdder(), _drop_formatter_message] if foreign else []
-    )
+    if foreign:
+        head: list[Processor] = [
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+        ]
+        extras: list[Processor] = [structlog.stdlib.ExtraAdder(), _drop_formatter_message]
+    else:
+        head = [structlog.processors.add_log_level, _add_logger_name]
+        extras = []
     return [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        *head,
+        _add_timestamp,
         structlog.processors.StackInfoRenderer(),
         *extras,
         add_otel_context,
@@ -138,12 +277,108 @@ def _shared_processors(*, foreign: bool = False) -> list[Processor]:
     ]
 
 
-class _StdoutHandler(logging.Handler):
-    """Writes to whatever ``sys.stdout`` is *now*.
+# What every structlog event goes through, whatever the settings (the level and the
+# renderer are read at call time from _OUTPUT): structlog's configuration and the
+# direct writers of event_writer() share this one chain.
+_EVENT_CHAIN: list[Processor] = [*_processors(foreign=False), _render]
 
-    ``logging.StreamHandler`` binds the stream at construction; resolving it per
-    record lets pytest's capsys/capfd (and any later redirection) see every line.
+
+class _StdoutLogger:
+    """structlog's final logger: writes each rendered line to whatever ``sys.stdout``
+    is *now* (so pytest's capsys, or any later redirection, sees every line), as bytes
+    when it can, one line per write, flushed, so a crash loses nothing written."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def msg(self, message: bytes | str) -> None:
+        stream = sys.stdout
+        buffer = getattr(stream, "buffer", None)
+        if isinstance(message, bytes) and buffer is not None:
+            stream.flush()  # text printed before this line goes first
+            buffer.write(message + b"\n")
+            buffer.flush()
+            return
+        text = message.decode() if isinstance(message, bytes) else message
+        stream.write(text + "\n")
+        stream.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+EventWriter = Callable[[str, EventDict], None]
+
+
+def event_writer(name: str, *, trusted_keys: frozenset[str] = _NOTHING_TRUSTED) -> EventWriter:
+    """A writer of whole events for logger ``name``, for a hot path that builds the
+    event dict itself: ``write("info", {"event": "request", ...})``.
+
+    The line is the one ``structlog.get_logger(name).info("request", ...)`` would
+    write — the same fields, level filter, redaction and renderer — with the simple
+    processors of the chain done inline, not through four layers of bound-logger
+    calls and a call per processor. ``trusted_keys``: fields the caller produced
+    itself that cannot carry a credential, which redaction passes over.
     """
+    logger = _StdoutLogger(name)
+    merge_contextvars = structlog.contextvars.merge_contextvars
+
+    def write(method: str, event_dict: EventDict) -> None:
+        if _LEVELS[method] < _OUTPUT.level:
+            return
+        merge_contextvars(logger, method, event_dict)
+        event_dict["level"] = method
+        event_dict["logger"] = name
+        _add_timestamp(logger, method, event_dict)
+        add_otel_context(logger, method, event_dict)
+        logger.msg(_render(logger, method, _redact(event_dict, trusted_keys)))
+
+    return write
+
+
+def _logger_factory(*args: Any) -> _StdoutLogger:
+    return _StdoutLogger(str(args[0]) if args and args[0] is not None else "root")
+
+
+class _BoundLogger(structlog.BoundLoggerBase):
+    """A bound logger that drops lines below the configured level before any processor
+    runs, reading the level at call time (a cached logger follows reconfiguration)."""
+
+    def _emit(self, method: str, event: str | None, kw: dict[str, Any]) -> Any:
+        if _LEVELS[method] < _OUTPUT.level:
+            return None
+        return self._proxy_to_logger(method, event, **kw)
+
+    def debug(self, event: str | None = None, **kw: Any) -> Any:
+        return self._emit("debug", event, kw)
+
+    def info(self, event: str | None = None, **kw: Any) -> Any:
+        return self._emit("info", event, kw)
+
+    def warning(self, event: str | None = None, **kw: Any) -> Any:
+        return self._emit("warning", event, kw)
+
+    warn = warning
+
+    def error(self, event: str | None = None, **kw: Any) -> Any:
+        return self._emit("error", event, kw)
+
+    def critical(self, event: str | None = None, **kw: Any) -> Any:
+        return self._emit("critical", event, kw)
+
+    fatal = critical
+
+    def exception(self, event: str | None = None, **kw: Any) -> Any:
+        kw.setdefault("exc_info", True)
+        return self._emit("error", event, kw)
+
+    def msg(self, event: str | None = None, **kw: Any) -> Any:
+        return self._proxy_to_logger("info", event, **kw)
+
+
+class _StdoutHandler(logging.Handler):
+    """The root handler for stdlib records: writes to whatever ``sys.stdout`` is *now*."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -164,24 +399,6 @@ def _use_console(settings: TelemetrySettings) -> bool:
     return bool(isatty and isatty())
 
 
-def _formatter(console: bool) -> structlog.stdlib.ProcessorFormatter:
-    renderer: list[Processor]
-    if console:
-        renderer = [
-            structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
-        ]
-    else:
-        renderer = [
-            # show_locals=False: frame locals would print passwords and tokens verbatim.
-            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
-            structlog.processors.JSONRenderer(),
-        ]
-    return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=_shared_processors(foreign=True),
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
-    )
-
-
 def _remove_our_handlers(root: logging.Logger) -> None:
     for handler in list(root.handlers):
         if isinstance(handler, _StdoutHandler):
@@ -192,25 +409,35 @@ def _remove_our_handlers(root: logging.Logger) -> None:
 def configure_logging(settings: TelemetrySettings) -> None:
     """Route structlog and stdlib logging to stdout as JSON (or console) lines.
 
-    Idempotent: calling it again replaces the handler and structlog's config.
+    Idempotent: calling it again replaces the handler, the level and the renderer.
     """
     level = logging.getLevelName(settings.log_level.upper())
     if not isinstance(level, int):
         level = logging.INFO
+    _OUTPUT.level = level
+    _OUTPUT.console = _use_console(settings)
 
     root = logging.getLogger()
     _remove_our_handlers(root)
     handler = _StdoutHandler()
-    handler.setFormatter(_formatter(_use_console(settings)))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=_processors(foreign=True),
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _render_foreign,
+            ],
+        )
+    )
     root.addHandler(handler)
     root.setLevel(level)
     for name in ROUTED_STDLIB_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET)
 
     structlog.configure(
-        processors=[*_shared_processors(), structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=_EVENT_CHAIN,
+        logger_factory=_logger_factory,
+        wrapper_class=_BoundLogger,
         context_class=dict,
         cache_logger_on_first_use=True,
     )
@@ -220,4 +447,6 @@ def reset_logging() -> None:
     """Undo ``configure_logging`` (for tests): structlog defaults, our handler removed."""
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
+    _OUTPUT.level = logging.INFO
+    _OUTPUT.console = False
     _remove_our_handlers(logging.getLogger())

@@ -19,12 +19,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import structlog
 from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
 from aioprometheus.renderer import render as render_registry
 
+from .children import Count, CounterChildren, HistogramChild, histogram_child
 from .settings import TelemetrySettings
 
 log = structlog.get_logger("telemetry.metrics")
@@ -137,6 +139,29 @@ def _collector_name(collect: Collect) -> str:
     return getattr(collect, "__qualname__", None) or repr(collect)
 
 
+@dataclass(slots=True)
+class _Route:
+    """The children of one (method, endpoint): its histograms, and the SLO verdict."""
+
+    duration: HistogramChild
+    request_size: HistogramChild
+    response_size: HistogramChild
+    counts_toward_slo: bool
+
+
+@dataclass(slots=True)
+class _RequestSeries:
+    count: Count
+    route: _Route
+
+
+@dataclass(slots=True)
+class _SloCounts:
+    total: Count
+    good: Count
+    bad: Count
+
+
 class Metrics:
     """The generic metrics of one app on one registry, and the only way to move them."""
 
@@ -147,10 +172,16 @@ class Metrics:
         self.collector_timeout_seconds = COLLECTOR_TIMEOUT_SECONDS
         self._cache_hits = 0
         self._cache_misses = 0
+        # Hot-path label children (telemetry/children.py), resolved once per label set.
+        self._request_series: dict[tuple[str, str, int], _RequestSeries] = {}
+        self._routes: dict[tuple[str, str], _Route] = {}
+        self._query_durations: dict[str, HistogramChild] = {}
         self._define_red()
         self._define_use()
         self._define_errors_and_slo()
         self._define_telemetry_health()
+        self._http_requests = CounterChildren(self.http_requests_total)
+        self._cache_operations = CounterChildren(self.cache_operations_total)
         self._preinitialise()
 
     # -- definitions ---------------------------------------------------------------
@@ -260,12 +291,21 @@ class Metrics:
         ):
             counter.set({}, 0)
         self.service_up.set({}, 0)
-        for slo_type in SLO_TYPES:
-            for counter in (self.slo_requests_total, self.slo_requests_good, self.slo_requests_bad):
-                counter.set({"slo_type": slo_type}, 0)
+        slo = [
+            CounterChildren(counter)
+            for counter in (self.slo_requests_total, self.slo_requests_good, self.slo_requests_bad)
+        ]
+        self._slo_children = slo
+        self._slo_counts = tuple(
+            _SloCounts(*(children.child(slo_type, {"slo_type": slo_type}) for children in slo))
+            for slo_type in SLO_TYPES
+        )
         for operation, results in CACHE_RESULTS.items():
             for result in results:
-                self.cache_operations_total.set({"operation": operation, "result": result}, 0)
+                self._cache_operations.child(
+                    (operation, result), {"operation": operation, "result": result}
+                )
+        self._fold()
         for error_type in DB_ERROR_TYPES:
             self.db_query_errors_total.set({"error_type": error_type}, 0)
 
@@ -285,16 +325,39 @@ class Metrics:
 
         ``endpoint`` must be a route template (or ``UNMATCHED_ENDPOINT``), never a raw
         path; ``method`` is normalised here so no caller can add unbounded series.
+        The label children of a (method, endpoint, status) are resolved once.
         """
-        route = metric_labels(method=normalise_method(method), endpoint=endpoint)
-        self.http_requests_total.inc({**route, "status": str(status)})
-        self.http_request_duration_seconds.observe(route, float(duration))
-        self.http_request_size_bytes.observe(route, float(max(request_size, 0)))
-        self.http_response_size_bytes.observe(route, float(max(response_size, 0)))
-        if self.counts_toward_slo(endpoint):
-            self._record_slo("availability", good=status < 500)
-            threshold = self.settings.slo_latency_threshold_seconds
-            self._record_slo("latency", good=duration <= threshold)
+        method = normalise_method(method)
+        series = self._request_series.get((method, endpoint, status))
+        if series is None:
+            series = self._new_request_series(method, endpoint, status)
+        series.count.value += 1
+        route = series.route
+        route.duration.observe(duration)
+        route.request_size.observe(request_size if request_size > 0 else 0)
+        route.response_size.observe(response_size if response_size > 0 else 0)
+        if route.counts_toward_slo:
+            availability, latency = self._slo_counts
+            availability.total.value += 1
+            (availability.good if status < 500 else availability.bad).value += 1
+            latency.total.value += 1
+            good = duration <= self.settings.slo_latency_threshold_seconds
+            (latency.good if good else latency.bad).value += 1
+
+    def _new_request_series(self, method: str, endpoint: str, status: int) -> _RequestSeries:
+        route = self._routes.get((method, endpoint))
+        if route is None:
+            labels = metric_labels(method=method, endpoint=endpoint)
+            route = self._routes[(method, endpoint)] = _Route(
+                duration=histogram_child(self.http_request_duration_seconds, labels),
+                request_size=histogram_child(self.http_request_size_bytes, labels),
+                response_size=histogram_child(self.http_response_size_bytes, labels),
+                counts_toward_slo=self.counts_toward_slo(endpoint),
+            )
+        labels = metric_labels(method=method, endpoint=endpoint, status=str(status))
+        count = self._http_requests.child((method, endpoint, status), labels)
+        series = self._request_series[(method, endpoint, status)] = _RequestSeries(count, route)
+        return series
 
     def counts_toward_slo(self, endpoint: str) -> bool:
         """Whether requests to this route template count toward the SLOs.
@@ -306,11 +369,6 @@ class Metrics:
         if endpoint == UNMATCHED_ENDPOINT:
             return False
         return not endpoint.startswith(self.settings.slo_excluded_prefixes)
-
-    def _record_slo(self, slo_type: str, *, good: bool) -> None:
-        labels = {"slo_type": slo_type}
-        self.slo_requests_total.inc(labels)
-        (self.slo_requests_good if good else self.slo_requests_bad).inc(labels)
 
     # -- USE: database -------------------------------------------------------------
 
@@ -324,7 +382,6 @@ class Metrics:
         the query surfaces *inside* the block as CancelledError (it only becomes
         TimeoutError outside), so alerts can tell abandoned queries from failed ones.
         """
-        labels = metric_labels(operation=operation)
         started = time.perf_counter()
         try:
             yield
@@ -334,7 +391,12 @@ class Metrics:
             self.db_query_errors_total.inc(metric_labels(error_type=type(exc).__name__))
             raise
         finally:
-            self.db_query_duration_seconds.observe(labels, time.perf_counter() - started)
+            child = self._query_durations.get(operation)
+            if child is None:
+                child = self._query_durations[operation] = histogram_child(
+                    self.db_query_duration_seconds, metric_labels(operation=operation)
+                )
+            child.observe(time.perf_counter() - started)
 
     def set_db_pool(self, *, active: int, idle: int, maximum: int | None = None) -> None:
         self.db_connections_active.set({}, active)
@@ -350,9 +412,12 @@ class Metrics:
         ``operation``/``result``: get hit|miss|error, set ok|error, delete ok|error.
         A get that errored is neither a hit nor a miss, so it leaves the ratio alone.
         """
-        require_label(operation, tuple(CACHE_RESULTS), "operation")
-        require_label(result, CACHE_RESULTS[operation], f"result of cache {operation}")
-        self.cache_operations_total.inc({"operation": operation, "result": result})
+        count = self._cache_operations.get((operation, result))
+        if count is None:  # every valid pair was pre-created: this one is a typo
+            require_label(operation, tuple(CACHE_RESULTS), "operation")
+            require_label(result, CACHE_RESULTS[operation], f"result of cache {operation}")
+            raise AssertionError("unreachable: a valid cache label pair was not pre-created")
+        count.value += 1
         if operation == "get" and result != "error":
             self._update_hit_ratio(hit=result == "hit")
 
@@ -396,8 +461,16 @@ class Metrics:
     async def render(self, accept_headers: Sequence[str]) -> tuple[bytes, dict[str, str]]:
         """Run the collectors, then the exposition body and headers for these Accept values."""
         await self.collect()
+        self._fold()
         body, headers = render_registry(self.registry, list(accept_headers))
         return body, {str(name): str(value) for name, value in headers.items()}
+
+    def _fold(self) -> None:
+        """Write the hot-path counts into their aioprometheus counters."""
+        self._http_requests.fold()
+        self._cache_operations.fold()
+        for children in self._slo_children:
+            children.fold()
 
     # -- errors ----------------------------------------------------------------------
 

@@ -1,28 +1,31 @@
 """Server spans: one SERVER span per request, and ``setup_tracing`` that attaches it.
 
 * ``setup_tracing`` stores a :class:`~telemetry.tracing.Tracing` under
-  :data:`~telemetry.keys.TRACING`, adds the server middleware (outermost) and a
-  ``cleanup_ctx`` that owns the ``TracerProvider``. It lives here, not in
-  ``tracing.py``, so that imports point one way: this module needs the per-app
-  state, the per-app state never needs the middleware.
-* The server middleware is ours, built on the helpers of
-  ``opentelemetry-instrumentation-aiohttp-server`` (attribute collection, status
-  mapping, header getter). We do not use ``AioHttpServerInstrumentor.instrument()``
-  (it replaces ``web.Application`` globally) nor ``create_aiohttp_middleware`` (in
-  0.66b1 it reads module state that only ``_instrument()`` sets and answers 500).
+  :data:`~telemetry.keys.TRACING` and a ``cleanup_ctx`` that owns the
+  ``TracerProvider``, and returns the :class:`ServerSpans` the request middleware
+  (telemetry/middleware.py) starts and ends around each request. It lives here, not
+  in ``tracing.py``, so that imports point one way: this module needs the per-app
+  state, the per-app state never needs the spans.
+* Built on the helpers of ``opentelemetry-instrumentation-aiohttp-server``
+  (attribute collection, status mapping). We do not use
+  ``AioHttpServerInstrumentor.instrument()`` (it replaces ``web.Application``
+  globally) nor ``create_aiohttp_middleware`` (in 0.66b1 it reads module state that
+  only ``_instrument()`` sets and answers 500).
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from contextvars import Token
 from typing import Any, Final
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.instrumentation import aiohttp_server as _server_helpers
 from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from .keys import SERVER_SPAN, TRACING
 from .metrics import UNMATCHED_ENDPOINT, Metrics
@@ -36,21 +39,10 @@ from .tracing import (
     untraced,
 )
 
-__all__ = ["setup_tracing", "tracing_middleware"]
+__all__ = ["ServerSpan", "ServerSpans", "setup_tracing"]
 
 # Attributes that carry a URL or query string, whose sensitive parameters we redact.
 _URL_ATTRIBUTES: Final = ("http.target", "http.url", "url.query", "url.full")
-
-
-def _matched_route(request: web.BaseRequest) -> str | None:
-    """The canonical route (``/api/reviews/{review_id}``), None when nothing matched."""
-    match_info = getattr(request, "match_info", None)
-    route = getattr(match_info, "route", None)
-    resource = getattr(route, "resource", None)
-    if resource is None:
-        return None
-    canonical = resource.canonical
-    return canonical if isinstance(canonical, str) and canonical else None
 
 
 def _server_attributes(request: web.Request, tracing: Tracing, route: str | None) -> dict[str, Any]:
@@ -77,52 +69,77 @@ def _set_http_status(span: trace.Span, status: int, tracing: Tracing) -> None:
         span.set_status(previous)
 
 
-def tracing_middleware(tracing: Tracing) -> Middleware:
-    """One SERVER span per request, current while inner middlewares and the handler run."""
+class ServerSpan:
+    """A request's server span while it is current — or, for a probe, the untraced
+    scope: what :meth:`ServerSpans.finish` needs to close it."""
 
-    @web.middleware
-    async def trace_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+    __slots__ = ("span", "token", "untraced")
+
+    def __init__(
+        self,
+        span: trace.Span | None,
+        token: Token[otel_context.Context] | None = None,
+        untraced_scope: AbstractContextManager[None] | None = None,
+    ) -> None:
+        self.span = span
+        self.token = token
+        self.untraced = untraced_scope
+
+
+class ServerSpans:
+    """One SERVER span per request, started and ended by the request middleware.
+
+    Lean by design, since it runs for every request: the span starts with its name and
+    kind only, and the HTTP attributes (the costly part) are collected once, and only
+    when the sampler kept the span; context is attached and detached directly rather
+    than through context-manager generators.
+    """
+
+    def __init__(self, tracing: Tracing) -> None:
+        self._tracing = tracing
+
+    def start(self, request: web.Request, route: str) -> ServerSpan | None:
+        """Make the request's span current; None when it is not traced at all."""
+        tracing = self._tracing
         if (
             not tracing.enabled
             or not is_http_instrumentation_enabled()
-            or tracing.excluded.url_disabled(request.url.path)
+            or tracing.excluded.url_disabled(request.path)
         ):
-            return await handler(request)
-        route = _matched_route(request)
-        if route is not None and route.startswith(tracing.settings.probe_prefixes):
+            return None
+        matched = None if route == UNMATCHED_ENDPOINT else route
+        if matched is not None and matched.startswith(tracing.settings.probe_prefixes):
             # Probes and scrapes: no server span, and no parentless SQL/Redis spans
             # from what their handlers (readiness checks, collectors) do either.
-            with untraced():
-                return await handler(request)
-        method = (
-            request.method if request.method.isalpha() and len(request.method) <= 16 else "HTTP"
-        )
-        name = f"{method} {route or UNMATCHED_ENDPOINT}"
-        with tracing.server_tracer.start_as_current_span(
-            name,
-            context=propagate.extract(request, getter=_server_helpers.getter),
+            scope = untraced()
+            scope.__enter__()
+            return ServerSpan(None, untraced_scope=scope)
+        method = request.method
+        if not (method.isalpha() and len(method) <= 16):
+            method = "HTTP"
+        span = tracing.server_tracer.start_span(
+            f"{method} {matched or UNMATCHED_ENDPOINT}",
+            context=propagate.extract(request.headers),
             kind=SpanKind.SERVER,
-            attributes=_server_attributes(request, tracing, route),
-            # We decide status and exception events ourselves: a 4xx is not an error.
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            request[SERVER_SPAN] = span
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                _set_http_status(span, exc.status, tracing)
-                if exc.status >= 500:
-                    span.record_exception(exc)
-                raise
-            except Exception as exc:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
-                raise
-            _set_http_status(span, response.status, tracing)
-            return response
+        )
+        if span.is_recording():
+            span.set_attributes(_server_attributes(request, tracing, matched))
+        request[SERVER_SPAN] = span
+        return ServerSpan(span, otel_context.attach(trace.set_span_in_context(span)))
 
-    return trace_request
+    def finish(self, scope: ServerSpan, status: int | None) -> None:
+        """Detach and end the span; ``status`` is what the client saw, None when the
+        handler was cancelled (no answer: the span ends without an HTTP status)."""
+        if scope.untraced is not None:
+            scope.untraced.__exit__(None, None, None)
+            return
+        span = scope.span
+        if span is None or scope.token is None:
+            return
+        otel_context.detach(scope.token)
+        if status is not None and span.is_recording():
+            _set_http_status(span, status, self._tracing)
+        span.end()
 
 
 def setup_tracing(
@@ -131,8 +148,9 @@ def setup_tracing(
     metrics: Metrics,
     *,
     shutdown_timeout_s: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
-) -> None:
-    """Attach the tracing middleware (outermost) and the provider's cleanup context.
+) -> ServerSpans | None:
+    """Store the app's tracing and attach the provider's cleanup context; return the
+    server spans the request middleware starts (None when tracing is disabled).
 
     Raises ``TelemetrySettingsError`` naming the OTEL_* variable that is malformed.
     """
@@ -143,5 +161,5 @@ def setup_tracing(
         shutdown_timeout_s=shutdown_timeout_s,
     )
     app[TRACING] = tracing
-    app.middlewares.insert(0, tracing_middleware(tracing))
     app.cleanup_ctx.append(tracer_provider_ctx)
+    return ServerSpans(tracing) if tracing.config.enabled else None
