@@ -27,7 +27,7 @@ from opentelemetry.instrumentation import aiohttp_server as _server_helpers
 from opentelemetry.instrumentation._semconv import _StabilityMode
 from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.http import (
     OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS,
     redact_query_parameters,
@@ -141,13 +141,21 @@ class ServerAttributes:
 def _set_http_status(span: trace.Span, status: int, tracing: Tracing) -> None:
     """Semconv status attributes; ERROR for 5xx, unset for 4xx (server-side rules).
 
-    A description the error middleware already gave (the crash's exception type)
-    survives: the package's helper would overwrite it with a bare ERROR.
+    A description the error responder already gave (the crash's exception type)
+    survives: the package's helper would overwrite it with a bare ERROR. For the
+    default semconv the two steps of that helper are done here directly.
     """
     previous = span.status if isinstance(span, ReadableSpan) else None
-    _server_helpers.set_status_code(span, status, None, tracing.http_semconv)
-    if previous is not None and previous.status_code is StatusCode.ERROR and previous.description:
-        span.set_status(previous)
+    keep = previous is not None and previous.status_code is StatusCode.ERROR
+    if tracing.http_semconv is not _StabilityMode.DEFAULT:
+        _server_helpers.set_status_code(span, status, None, tracing.http_semconv)
+        if keep and previous is not None and previous.description:
+            span.set_status(previous)
+        return
+    span.set_attribute("http.status_code", status)
+    # http_status_to_status_code(status, server_span=True): 1xx-4xx leave it unset.
+    if (status < 100 or status > 499) and not (keep and previous and previous.description):
+        span.set_status(Status(StatusCode.ERROR))
 
 
 class ServerSpan:
