@@ -187,6 +187,9 @@ class ServerSpans:
     def __init__(self, tracing: Tracing) -> None:
         self._tracing = tracing
         self._attributes = ServerAttributes(tracing)
+        # The headers the global propagators read (W3C traceparent/tracestate and
+        # baggage by default; b3's or others' if OTEL_PROPAGATORS says so).
+        self._context_headers = tuple(propagate.get_global_textmap().fields)
 
     def start(self, request: web.Request, route: str) -> ServerSpan | None:
         """Make the request's span current; None when it is not traced at all."""
@@ -207,9 +210,13 @@ class ServerSpans:
         method = request.method
         if not (method.isalpha() and len(method) <= 16):
             method = "HTTP"
+        headers = request.headers
         span = tracing.server_tracer.start_span(
             f"{method} {matched or UNMATCHED_ENDPOINT}",
-            context=propagate.extract(request.headers),
+            # Most requests carry no trace context: skip the propagators' parsing then.
+            context=propagate.extract(headers)
+            if any(name in headers for name in self._context_headers)
+            else None,
             kind=SpanKind.SERVER,
         )
         if span.is_recording():
