@@ -17,9 +17,9 @@ from typing import Final
 
 from aiohttp import hdrs, web
 
-from .keys import REQUEST_ID, SERVER_SPAN
+from .keys import REQUEST_DURATION, REQUEST_ID, SERVER_SPAN
 from .logging import event_writer, is_enabled
-from .requests import request_body_size, response_body_size
+from .requests import request_body_size, response_body_size, response_bytes_counter
 from .settings import TelemetrySettings
 from .tracing import traceparent_header
 
@@ -131,8 +131,16 @@ class AccessLog:
         )
 
 
-async def _add_correlation_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """Every response names its request id and (when traced) its server span."""
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response names its request id and (when traced) its server span.
+
+    A response prepared while the handler still runs (the request middleware has not
+    set REQUEST_DURATION yet) streams its body from inside the handler: only then is
+    the writer hooked to count body bytes. Any other response is prepared after the
+    middleware returned, with a body whose length is already known.
+    """
+    if REQUEST_DURATION not in request:
+        response_bytes_counter(request)
     request_id = request.get(REQUEST_ID)
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id
@@ -145,4 +153,4 @@ def setup_request_context(app: web.Application) -> None:
     """Correlation headers on every response, however it was prepared (a streamed
     response sends its headers from inside the handler, so a signal, not the
     middleware, sets them)."""
-    app.on_response_prepare.append(_add_correlation_headers)
+    app.on_response_prepare.append(_on_prepare)

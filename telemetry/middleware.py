@@ -30,12 +30,11 @@ from aiohttp.typedefs import Handler, Middleware
 
 from .context import AccessLog, request_id_for
 from .errors import ErrorResponder
-from .keys import REQUEST_DURATION, REQUEST_ID
+from .keys import REQUEST_DURATION, REQUEST_ID, RESPONSE_BODY_BYTES
 from .metrics import Metrics
 from .requests import (
     request_body_size,
     response_body_size,
-    response_bytes_counter,
     route_template,
     status_of_exception,
 )
@@ -70,7 +69,6 @@ def request_middleware(
         request_id = request_id_for(request)
         request[REQUEST_ID] = request_id
         bound = _bind(request_id=request_id)
-        written = response_bytes_counter(request)
         route = route_template(request)
         scope = spans.start(request, route) if spans is not None else None
         response: web.StreamResponse | None = None
@@ -97,7 +95,10 @@ def request_middleware(
         finally:
             duration = time.perf_counter() - started
             request[REQUEST_DURATION] = duration
-            _record(metrics, access_log, request, route, status, duration, response, written.count)
+            # Streamed bodies were counted by the hook the prepare signal installed.
+            counter = request.get(RESPONSE_BODY_BYTES)
+            written = 0 if counter is None else counter.count
+            _record(metrics, access_log, request, route, status, duration, response, written)
             if scope is not None and spans is not None:
                 spans.finish(scope, span_status)
             # Lines written after the request (aiohttp's own access log, if enabled)
