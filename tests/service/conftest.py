@@ -12,13 +12,15 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from service.app import create_app
-from service.config import Settings
+from service.config import Settings, telemetry_settings
 from tests.conftest import free_port, require_tool
+from tests.otlp_receiver import OtlpHttpReceiver
 
 MakeClient = Callable[..., Awaitable[TestClient]]
 
@@ -138,3 +140,20 @@ def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
             cwd="/tmp",
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpHttpReceiver]:
+    """An OTLP/HTTP receiver on loopback that decodes what the app exports."""
+    with OtlpHttpReceiver() as rx:
+        yield rx
+
+
+def traced(settings: Settings, receiver: OtlpHttpReceiver, **changes: Any) -> Settings:
+    """``settings`` exporting every span to ``receiver``, JSON logs."""
+    return settings.with_changes(
+        telemetry=telemetry_settings(
+            service_version="test", log_format="json", otel_env=receiver.otel_env()
+        ),
+        **changes,
+    )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,23 +16,9 @@ from service.config import Settings, telemetry_settings
 from tests.conftest import Keys
 from tests.otlp_receiver import OtlpHttpReceiver
 from tests.prom import parse_exposition
+from tests.service.conftest import traced
 from tests.service.downstream import Downstream
 from tests.service.helpers import submission
-
-
-@pytest.fixture
-def receiver() -> Iterator[OtlpHttpReceiver]:
-    with OtlpHttpReceiver() as rx:
-        yield rx
-
-
-def traced(settings: Settings, receiver: OtlpHttpReceiver, **changes: Any) -> Settings:
-    return settings.with_changes(
-        telemetry=telemetry_settings(
-            service_version="test", log_format="json", otel_env=receiver.otel_env()
-        ),
-        **changes,
-    )
 
 
 def log_lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from service.config import telemetry_settings
 from service.metrics import ReviewMetrics
 from tests.conftest import require_tool
 from tests.prom import Exposition, parse_exposition
+from tests.telemetry.test_metrics_http import CATALOGUE as GENERIC_CATALOGUE
 
 
 def make_metrics(**overrides: Any) -> tuple[telemetry.Metrics, ReviewMetrics]:
@@ -129,36 +130,21 @@ async def test_outbox_webhooks() -> None:
         reviews.record_webhook_delivery(result="bounced")
 
 
-# The seed's catalogue plus the service's own series, as hitl exposes it.
+# The seed's catalogue as hitl exposes it: telemetry's generic series (its health
+# series under hitl's prefix) plus the service's own.
 CATALOGUE = {
-    "http_requests_total": "counter",
-    "http_request_duration_seconds": "histogram",
-    "http_request_size_bytes": "histogram",
-    "http_response_size_bytes": "histogram",
+    **{
+        name.replace("telemetry_", "hitl_", 1): kind
+        for name, kind in GENERIC_CATALOGUE.items()
+    },
     "review_created_total": "counter",
     "review_decision_total": "counter",
     "review_decision_duration_seconds": "histogram",
     "apv_validation_total": "counter",
     "apv_validation_duration_seconds": "histogram",
-    "db_connections_active": "gauge",
-    "db_connections_idle": "gauge",
-    "db_connections_max": "gauge",
-    "db_query_duration_seconds": "histogram",
-    "db_query_errors_total": "counter",
-    "cache_operations_total": "counter",
-    "cache_hit_ratio": "gauge",
-    "cache_evictions_total": "counter",
-    "app_errors_total": "counter",
-    "app_exceptions_total": "counter",
-    "service_up": "gauge",
-    "slo_requests_total": "counter",
-    "slo_requests_good": "counter",
-    "slo_requests_bad": "counter",
     "hitl_build_info": "gauge",
     "hitl_webhook_outbox_depth": "gauge",
     "hitl_webhook_deliveries_total": "counter",
-    "hitl_tracing_spans_dropped_total": "counter",
-    "hitl_tracing_export_failures_total": "counter",
 }
 
 

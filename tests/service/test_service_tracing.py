@@ -4,33 +4,18 @@ lines of each request carry that trace's ids."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
 
 from service.app import create_app
-from service.config import Settings, telemetry_settings
+from service.config import Settings
 from tests.conftest import Keys
 from tests.otlp_receiver import OtlpHttpReceiver, ReceivedSpan
+from tests.service.conftest import traced
 from tests.service.downstream import Downstream
 from tests.service.helpers import submission
-
-
-@pytest.fixture
-def receiver() -> Iterator[OtlpHttpReceiver]:
-    with OtlpHttpReceiver() as rx:
-        yield rx
-
-
-def traced(settings: Settings, receiver: OtlpHttpReceiver, **changes: Any) -> Settings:
-    return settings.with_changes(
-        telemetry=telemetry_settings(
-            service_version="test", log_format="json", otel_env=receiver.otel_env()
-        ),
-        **changes,
-    )
 
 
 def descendants(spans: list[ReceivedSpan], root: ReceivedSpan) -> list[ReceivedSpan]:
