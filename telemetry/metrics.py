@@ -24,9 +24,9 @@ from typing import Final
 
 import structlog
 from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
-from aioprometheus.renderer import render as render_registry
 
 from .children import Count, CounterChildren, HistogramChild, histogram_child
+from .exposition import render_text
 from .settings import TelemetrySettings
 
 log = structlog.get_logger("telemetry.metrics")
@@ -459,11 +459,14 @@ class Metrics:
             log.exception("metrics_collector_failed", collector=_collector_name(collect))
 
     async def render(self, accept_headers: Sequence[str]) -> tuple[bytes, dict[str, str]]:
-        """Run the collectors, then the exposition body and headers for these Accept values."""
+        """Run the collectors, then the exposition body and its headers.
+
+        ``accept_headers`` is kept for callers: every Accept value gets the text format,
+        as aioprometheus' negotiation gives (Prometheus dropped the binary one).
+        """
         await self.collect()
         self._fold()
-        body, headers = render_registry(self.registry, list(accept_headers))
-        return body, {str(name): str(value) for name, value in headers.items()}
+        return render_text(self.registry)
 
     def _fold(self) -> None:
         """Write the hot-path counts into their aioprometheus counters."""
