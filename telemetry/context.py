@@ -19,7 +19,7 @@ from aiohttp import hdrs, web
 
 from .keys import REQUEST_DURATION, REQUEST_ID, SERVER_SPAN
 from .logging import event_writer, is_enabled
-from .requests import request_body_size, response_body_size, response_bytes_counter
+from .requests import response_bytes_counter
 from .settings import TelemetrySettings
 from .tracing import traceparent_header
 
@@ -105,26 +105,23 @@ class AccessLog:
         route: str,
         status: int,
         duration: float,
-        response: web.StreamResponse | None,
-        body_written: int,
+        request_bytes: int,
+        response_bytes: int,
     ) -> None:
         level = access_log_level(route, status, self._probe_prefixes)
         if not is_enabled(level):
             return
-        method = request.method
         self._write(
             level,
             {
                 "event": "request",
-                "method": method,
+                "method": request.method,
                 "route": route,
                 "path": request.path,
                 "status": status,
                 "duration_ms": round(duration * 1000, 3),
-                "request_bytes": request_body_size(request),
-                "response_bytes": 0
-                if response is None
-                else response_body_size(response, body_written, method=method),
+                "request_bytes": request_bytes,
+                "response_bytes": response_bytes,
                 "client": request.remote,
                 "user_agent": request.headers.get(hdrs.USER_AGENT),
             },

@@ -119,17 +119,20 @@ def _record(
     written: int,
 ) -> None:
     try:
+        # Sizes are read once; the metrics and the access line report the same numbers.
+        request_size = request_body_size(request)
+        response_size = (
+            0 if response is None else response_body_size(response, written, method=request.method)
+        )
         metrics.record_request(
             method=request.method,
             endpoint=route,
             status=status,
             duration=duration,
-            request_size=request_body_size(request),
-            response_size=0
-            if response is None
-            else response_body_size(response, written, method=request.method),
+            request_size=request_size,
+            response_size=response_size,
         )
-        access_log.write(request, route, status, duration, response, written)
+        access_log.write(request, route, status, duration, request_size, response_size)
     except Exception:
         # Telemetry must never turn a served request into a failure.
         log.exception("request_telemetry_failed", path=request.path)
