@@ -48,7 +48,8 @@ class _RequestIds:
         self._sequence = itertools.count(secrets.randbits(32))
 
     def next(self) -> str:
-        return f"{self._prefix}{next(self._sequence) & 0xFFFFFFFFFFFFFFFF:016x}"
+        # to_bytes().hex(): the same 16 lowercase hex digits as format(n, "016x"), faster.
+        return self._prefix + (next(self._sequence) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big").hex()
 
 
 _REQUEST_IDS = _RequestIds()

@@ -36,6 +36,7 @@ from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from .settings import TelemetrySettings
+from .trace_ids import hex_ids
 
 __all__ = [
     "REDACTED",
@@ -198,9 +199,7 @@ def add_otel_context(_logger: WrappedLogger, _method: str, event_dict: EventDict
     """Add trace_id/span_id/trace_flags of the span active at the log call, if any."""
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:
-        event_dict["trace_id"] = format(ctx.trace_id, "032x")
-        event_dict["span_id"] = format(ctx.span_id, "016x")
-        event_dict["trace_flags"] = format(ctx.trace_flags, "02x")
+        event_dict["trace_id"], event_dict["span_id"], event_dict["trace_flags"] = hex_ids(ctx)
     return event_dict
 
 

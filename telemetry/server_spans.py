@@ -27,7 +27,7 @@ from opentelemetry.instrumentation import aiohttp_server as _server_helpers
 from opentelemetry.instrumentation._semconv import _StabilityMode
 from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.http import (
     OTEL_PYTHON_INSTRUMENTATION_HTTP_CAPTURE_ALL_METHODS,
     redact_query_parameters,
@@ -35,6 +35,7 @@ from opentelemetry.util.http import (
 )
 
 from .keys import SERVER_SPAN, TRACING
+from .lean_spans import LeanServerTracer, LeanSpan
 from .metrics import UNMATCHED_ENDPOINT, Metrics
 from .settings import TelemetrySettings
 from .tracing import (
@@ -152,7 +153,10 @@ def _set_http_status(span: trace.Span, status: int, tracing: Tracing) -> None:
         if keep and previous is not None and previous.description:
             span.set_status(previous)
         return
-    span.set_attribute("http.status_code", status)
+    if isinstance(span, LeanSpan):
+        span.set_known_attribute("http.status_code", status)
+    else:
+        span.set_attribute("http.status_code", status)
     # http_status_to_status_code(status, server_span=True): 1xx-4xx leave it unset.
     if (status < 100 or status > 499) and not (keep and previous and previous.description):
         span.set_status(Status(StatusCode.ERROR))
@@ -187,6 +191,9 @@ class ServerSpans:
     def __init__(self, tracing: Tracing) -> None:
         self._tracing = tracing
         self._attributes = ServerAttributes(tracing)
+        # Made on the first request: the provider (and its export thread) starts with
+        # the app, not when the middleware is built.
+        self._tracer: LeanServerTracer | None = None
         # The headers the global propagators read (W3C traceparent/tracestate and
         # baggage by default; b3's or others' if OTEL_PROPAGATORS says so).
         self._context_headers = tuple(propagate.get_global_textmap().fields)
@@ -211,16 +218,17 @@ class ServerSpans:
         if not (method.isalpha() and len(method) <= 16):
             method = "HTTP"
         headers = request.headers
-        span = tracing.server_tracer.start_span(
+        tracer = self._tracer
+        if tracer is None:
+            tracer = self._tracer = LeanServerTracer(tracing.server_tracer)
+        span = tracer.start(
             f"{method} {matched or UNMATCHED_ENDPOINT}",
             # Most requests carry no trace context: skip the propagators' parsing then.
-            context=propagate.extract(headers)
+            propagate.extract(headers)
             if any(name in headers for name in self._context_headers)
             else None,
-            kind=SpanKind.SERVER,
+            lambda: self._attributes.collect(request, matched),
         )
-        if span.is_recording():
-            span.set_attributes(self._attributes.collect(request, matched))
         request[SERVER_SPAN] = span
         return ServerSpan(span, otel_context.attach(trace.set_span_in_context(span)))
 

@@ -61,6 +61,7 @@ from .keys import TRACING
 from .logging import REDACTED, is_sensitive_key
 from .metrics import Metrics
 from .settings import TelemetrySettings
+from .trace_ids import hex_ids
 from .tracing_config import TracingConfig, build_resource
 
 __all__ = [
@@ -258,7 +259,8 @@ def traceparent_header(span: trace.Span) -> str | None:
     ctx = span.get_span_context()
     if not ctx.is_valid:
         return None
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+    trace_id, span_id, flags = hex_ids(ctx)
+    return f"00-{trace_id}-{span_id}-{flags}"
 
 
 def context_carrier() -> dict[str, str]:
