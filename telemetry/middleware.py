@@ -31,6 +31,7 @@ from aiohttp.typedefs import Handler, Middleware
 from .context import AccessLog, request_id_for
 from .errors import ErrorResponder
 from .keys import REQUEST_DURATION, REQUEST_ID, RESPONSE_BODY_BYTES
+from .logging import bind_request_id, unbind_request_id
 from .metrics import Metrics
 from .requests import (
     request_body_size,
@@ -46,8 +47,6 @@ log = structlog.get_logger("telemetry.middleware")
 
 METRICS_PATH: Final = "/metrics"
 
-_bind = structlog.contextvars.bind_contextvars
-_unbind = structlog.contextvars.reset_contextvars
 
 
 def request_middleware(
@@ -68,7 +67,7 @@ def request_middleware(
         started = time.perf_counter()
         request_id = request_id_for(request)
         request[REQUEST_ID] = request_id
-        bound = _bind(request_id=request_id)
+        bound = bind_request_id(request_id)
         route = route_template(request)
         scope = spans.start(request, route) if spans is not None else None
         response: web.StreamResponse | None = None
@@ -103,7 +102,7 @@ def request_middleware(
                 spans.finish(scope, span_status)
             # Lines written after the request (aiohttp's own access log, if enabled)
             # are not the request's: they carry neither its id nor its span.
-            _unbind(**bound)
+            unbind_request_id(bound)
 
     return observe_request
 
