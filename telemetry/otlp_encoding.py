@@ -214,13 +214,18 @@ def _key_value(key: str, value: Any) -> bytes:
 
 class _Batch:
     """What one call works out once and reuses for every span: per attribute key, the
-    bytes of ``KeyValue.key`` and the tag of its value; per span name, its field."""
+    bytes of ``KeyValue.key`` and the tag of its value; per span name, its field; per
+    (tag, key, value) of a str or int attribute, the whole field — most attributes of
+    a batch's server spans (method, scheme, host, route, user agent, status) repeat."""
 
-    __slots__ = ("heads", "names")
+    __slots__ = ("fields", "heads", "names")
 
     def __init__(self) -> None:
         self.heads: dict[str, tuple[bytes, int]] = {}
         self.names: dict[str, bytes] = {}
+        # Keyed by the value's class too: True == 1 and hash(True) == hash(1), but a
+        # bool and an int are encoded differently.
+        self.fields: dict[tuple[bytes, str, type, object], bytes] = {}
 
     def attributes(self, tag: bytes, attributes: Mapping[str, Any], out: list[bytes]) -> None:
         """Append one ``tag`` field (a KeyValue) per attribute to ``out``.
@@ -228,48 +233,62 @@ class _Batch:
         As in the SDK, an attribute that cannot be encoded (an int outside int64, a
         string with a lone surrogate) is logged and left out, the others kept.
         """
-        heads = self.heads
+        fields = self.fields
         for key, value in attributes.items():
-            try:
-                entry = heads.get(key)
-                if entry is None:
-                    head = _key_head(key)
-                    entry = heads[key] = (head, len(head))
-                head, head_size = entry
-                cls = value.__class__
-                if cls is str:
-                    raw = value.encode()
-                    size = len(raw)
-                    if head_size + size < 0x7D:  # most values: every length is one byte
-                        out += (
-                            tag,
-                            _BYTE[head_size + size + 3],
-                            head,
-                            _BYTE[size + 2],
-                            _ANY_STRING,
-                            _BYTE[size],
-                            raw,
-                        )
-                        continue
-                    any_value = _ANY_STRING + _varint(size) + raw
-                elif cls is int:
-                    any_value = _ANY_INT + (_BYTE[value] if 0 <= value < 0x80 else _int64(value))
-                elif cls is float:
-                    any_value = _ANY_DOUBLE + _pack_double(value)
-                else:
-                    any_value = _any_value(value)
-                size = len(any_value)
-                any_size = _BYTE[size] if size < 0x80 else _varint(size)
-                size += head_size + len(any_size)
-                out += (
-                    tag,
-                    _BYTE[size] if size < 0x80 else _varint(size),
-                    head,
-                    any_size,
-                    any_value,
-                )
-            except Exception as error:
-                _logger.exception("Failed to encode key %s: %s", key, error)
+            cls = value.__class__
+            if cls is str or cls is int:
+                cached = fields.get((tag, key, cls, value))
+                if cached is None:
+                    start = len(out)
+                    self._field(tag, key, value, cls, out)
+                    cached = fields[(tag, key, cls, value)] = b"".join(out[start:])
+                    del out[start:]
+                if cached:  # empty: the value could not be encoded (logged once)
+                    out.append(cached)
+            else:
+                self._field(tag, key, value, cls, out)
+
+    def _field(self, tag: bytes, key: str, value: Any, cls: type, out: list[bytes]) -> None:
+        heads = self.heads
+        try:
+            entry = heads.get(key)
+            if entry is None:
+                head = _key_head(key)
+                entry = heads[key] = (head, len(head))
+            head, head_size = entry
+            if cls is str:
+                raw = value.encode()
+                size = len(raw)
+                if head_size + size < 0x7D:  # most values: every length is one byte
+                    out += (
+                        tag,
+                        _BYTE[head_size + size + 3],
+                        head,
+                        _BYTE[size + 2],
+                        _ANY_STRING,
+                        _BYTE[size],
+                        raw,
+                    )
+                    return
+                any_value = _ANY_STRING + _varint(size) + raw
+            elif cls is int:
+                any_value = _ANY_INT + (_BYTE[value] if 0 <= value < 0x80 else _int64(value))
+            elif cls is float:
+                any_value = _ANY_DOUBLE + _pack_double(value)
+            else:
+                any_value = _any_value(value)
+            size = len(any_value)
+            any_size = _BYTE[size] if size < 0x80 else _varint(size)
+            size += head_size + len(any_size)
+            out += (
+                tag,
+                _BYTE[size] if size < 0x80 else _varint(size),
+                head,
+                any_size,
+                any_value,
+            )
+        except Exception as error:
+            _logger.exception("Failed to encode key %s: %s", key, error)
 
 
 def _span(span: ReadableSpan, batch: _Batch) -> bytes:
