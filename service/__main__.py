@@ -11,7 +11,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -19,7 +18,7 @@ from aiohttp import web
 from telemetry import configure_logging
 
 from . import __version__, keyfile
-from .auth import ROLES, KeyFileError, KeySet, append_key, new_key
+from .auth import ROLES, KeyFileError, KeySet, append_key, new_key, parse_keys
 from .config import Settings, SettingsError
 from .storage.db import DatabaseUnreachable, redact_dsn
 from .storage.migrate import apply_migrations, create_database
@@ -146,7 +145,7 @@ def keys_add(path: Path, args: argparse.Namespace) -> None:
 
 def keys_list(path: Path, args: argparse.Namespace) -> None:
     data, _ = keyfile.read(path)
-    keys = KeySet([]) if data is None else _valid(path, data)
+    keys = KeySet([]) if data is None else parse_keys(path, data)
     now = time.time()
     if args.json:
         rows = [
@@ -177,7 +176,7 @@ def _when(epoch: float | None) -> str | None:
 
 def keys_revoke(path: Path, args: argparse.Namespace) -> None:
     with keyfile.update(path) as document:
-        _valid(path, document)
+        parse_keys(path, document)
         gone = keyfile.revoke(document, args.ref)
         if not gone:
             raise ValueError(f"no key with id or name {args.ref!r} in {path}")
@@ -188,7 +187,7 @@ def keys_revoke(path: Path, args: argparse.Namespace) -> None:
 def keys_rotate(path: Path, args: argparse.Namespace) -> None:
     now = time.time()
     with keyfile.update(path) as document:
-        current = [k for k in _valid(path, document) if k.name == args.name]
+        current = [k for k in parse_keys(path, document) if k.name == args.name]
         valid = [k for k in current if not k.expired(now)]
         if not valid:
             raise ValueError(f"no valid key named {args.name!r} in {path}: use keys add")
@@ -206,15 +205,6 @@ def keys_rotate(path: Path, args: argparse.Namespace) -> None:
 
 
 KEY_COMMANDS = {"add": keys_add, "list": keys_list, "revoke": keys_revoke, "rotate": keys_rotate}
-
-
-def _valid(path: Path, content: bytes | dict[str, Any]) -> KeySet:
-    try:
-        if isinstance(content, bytes):
-            return KeySet.from_bytes(content)
-        return KeySet.from_document(content)
-    except KeyFileError as exc:
-        raise KeyFileError(f"{path}: not a hitl API keys file ({exc})") from None
 
 
 def _duration(text: str) -> float:

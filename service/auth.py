@@ -132,7 +132,7 @@ class ApiKeys:
     def load(cls, path: Path) -> ApiKeys:
         """The keys in ``path`` (none if there is no file); KeyFileError if malformed."""
         data, version = keyfile.read(path)
-        api_keys = cls(KeySet([]) if data is None else _parse(path, data), path)
+        api_keys = cls(KeySet([]) if data is None else parse_keys(path, data), path)
         api_keys._version = version
         return api_keys
 
@@ -184,7 +184,7 @@ class ApiKeys:
         try:
             if data is None:
                 raise KeyFileError(f"{self.path}: the file is missing")
-            keys = _parse(self.path, data)
+            keys = parse_keys(self.path, data)
         except KeyFileError as exc:
             return self._failed(str(exc), trigger)
         self._keys = keys  # one assignment: a request sees the old set or the new one
@@ -239,13 +239,17 @@ def new_key(
 def append_key(path: Path, entry: Mapping[str, Any]) -> None:
     """Add one entry to the keys file (atomically, under the file's lock)."""
     with keyfile.update(path) as document:
-        KeySet.from_document(document)  # refuse to extend a file the service cannot read
+        parse_keys(path, document)  # refuse to extend a file the service cannot read
         document["keys"].append(dict(entry))
 
 
-def _parse(path: Path, data: bytes) -> KeySet:
+def parse_keys(path: Path, content: bytes | Mapping[str, Any]) -> KeySet:
+    """The keys in ``content`` (the bytes or the document of ``path``); KeyFileError
+    naming the file and the bad field if they are not a valid keys file."""
     try:
-        return KeySet.from_bytes(data)
+        if isinstance(content, bytes):
+            return KeySet.from_bytes(content)
+        return KeySet.from_document(content)
     except KeyFileError as exc:
         raise KeyFileError(f"{path}: not a hitl API keys file ({exc})") from None
 
