@@ -20,6 +20,7 @@ from .auth import ApiKeys
 from .background import Stopping, background
 from .config import Settings
 from .domain.reviews import ReviewPolicy, ReviewService
+from .keyreload import api_keys_ctx
 from .keys import (
     API_KEYS,
     CACHE,
@@ -68,6 +69,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(review_service_ctx)
     app.cleanup_ctx.append(outbox_ctx)
     app.cleanup_ctx.append(cache_evictions_ctx)
+    app.cleanup_ctx.append(api_keys_ctx)
 
     async def collect_pool_usage() -> None:
         if DB in app:

@@ -55,6 +55,8 @@ class Settings:
     redis_key_prefix: str = "hitl:"
     redis_timeout_seconds: float = 0.25
     api_keys_file: Path = Path(".local/api-keys.json")
+    # How often the keys file is checked for changes (one stat); SIGHUP reloads at once.
+    api_keys_reload_interval_seconds: float = 1.0
     db_pool_min: int = 1
     db_pool_max: int = 10
     db_timeout_seconds: float = 10.0
@@ -175,6 +177,7 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "redis_key_prefix": str,
     "redis_timeout_seconds": _positive_float,
     "api_keys_file": Path,
+    "api_keys_reload_interval_seconds": _positive_float,
     "db_pool_min": _non_negative_int,
     "db_pool_max": _positive_int,
     "db_timeout_seconds": _positive_float,

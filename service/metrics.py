@@ -50,6 +50,7 @@ VALIDATION_DURATION_BUCKETS: Final = (
     5.0,
 )
 WEBHOOK_RESULTS: Final = ("delivered", "failed")
+API_KEYS_RELOAD_RESULTS: Final = ("ok", "error")
 
 
 class ReviewMetrics:
@@ -84,9 +85,19 @@ class ReviewMetrics:
         self.hitl_webhook_deliveries_total = metrics.counter(
             "hitl_webhook_deliveries_total", "Decision webhook delivery attempts by result."
         )
+        self.hitl_api_keys_reload_total = metrics.counter(
+            "hitl_api_keys_reload_total",
+            "Reloads of the API keys file (on change or SIGHUP) by result; on error the "
+            "last good keys stay in use.",
+        )
+        self.hitl_api_keys_loaded = metrics.gauge(
+            "hitl_api_keys_loaded", "API keys the service accepts now (loaded, not expired)."
+        )
         # Closed label sets exist from the first scrape, so rate() works at once.
         for result in WEBHOOK_RESULTS:
             self.hitl_webhook_deliveries_total.set({"result": result}, 0)
+        for result in API_KEYS_RELOAD_RESULTS:
+            self.hitl_api_keys_reload_total.set({"result": result}, 0)
         self.hitl_build_info.set(
             metric_labels(
                 version=settings.service_version,
@@ -119,3 +130,10 @@ class ReviewMetrics:
     def record_webhook_delivery(self, *, result: str) -> None:
         require_label(result, WEBHOOK_RESULTS, "result")
         self.hitl_webhook_deliveries_total.inc({"result": result})
+
+    def record_api_keys_reload(self, *, result: str) -> None:
+        require_label(result, API_KEYS_RELOAD_RESULTS, "result")
+        self.hitl_api_keys_reload_total.inc({"result": result})
+
+    def set_api_keys_loaded(self, count: int) -> None:
+        self.hitl_api_keys_loaded.set({}, count)

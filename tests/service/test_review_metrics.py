@@ -145,6 +145,8 @@ CATALOGUE = {
     "hitl_build_info": "gauge",
     "hitl_webhook_outbox_depth": "gauge",
     "hitl_webhook_deliveries_total": "counter",
+    "hitl_api_keys_reload_total": "counter",
+    "hitl_api_keys_loaded": "gauge",
 }
 
 
