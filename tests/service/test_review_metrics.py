@@ -145,6 +145,10 @@ CATALOGUE = {
     "hitl_build_info": "gauge",
     "hitl_webhook_outbox_depth": "gauge",
     "hitl_webhook_deliveries_total": "counter",
+    "hitl_webhook_outbox_oldest_pending_seconds": "gauge",
+    "hitl_webhook_delivery_lag_seconds": "histogram",
+    "hitl_cache_circuit_state": "gauge",
+    "hitl_cache_circuit_opened_total": "counter",
 }
 
 
