@@ -142,6 +142,7 @@ class SlowDownstream:
         self.in_flight: dict[str, int] = {}
         self.max_in_flight = 0
         self.max_in_flight_per_review = 0
+        self.arrived = asyncio.Event()
 
     async def handle(self, request: web.Request) -> web.Response:
         note = await request.json()
@@ -154,12 +155,14 @@ class SlowDownstream:
         finally:
             self.in_flight[review] -= 1
         self.received.append(note)
+        self.arrived.set()
         return web.Response(status=204)
 
     async def wait_for(self, count: int, timeout: float) -> None:
         async with asyncio.timeout(timeout):
             while len(self.received) < count:
-                await asyncio.sleep(0.01)
+                self.arrived.clear()
+                await self.arrived.wait()
 
 
 async def slow_downstream(aiohttp_server: Any, delay: float) -> tuple[SlowDownstream, TestServer]:
