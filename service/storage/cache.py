@@ -53,7 +53,7 @@ class Cache:
     async def get_json(self, key: str) -> Any | None:
         # A call the open breaker turns away is not a Redis call: neither an error nor
         # a miss. The circuit gauge and the open-transitions counter tell the operator.
-        if not self.breaker.allow():
+        if not await self._admit():
             return None
         async with self._guard("get"):
             raw = await self.client.get(key)
@@ -64,7 +64,7 @@ class Cache:
     async def set_json(
         self, key: str, value: Any, ttl_seconds: int, *, only_if_absent: bool = False
     ) -> None:
-        if not self.breaker.allow():
+        if not await self._admit():
             self._remember_stale(key)
             return
         async with self._guard("set", key):
@@ -74,7 +74,7 @@ class Cache:
             self._metrics.record_cache("set", "ok")
 
     async def delete(self, *keys: str) -> None:
-        if not self.breaker.allow():
+        if not await self._admit():
             self._remember_stale(*keys)
             return
         async with self._guard("delete", *keys):
@@ -84,7 +84,7 @@ class Cache:
     async def ping(self) -> bool:
         """Readiness' question. While the breaker is open it answers False without
         asking Redis; once the cool-down is over the ping is the half-open probe."""
-        if not self.breaker.allow():
+        if not await self._admit():
             return False
         try:
             answer = bool(await self.client.ping())
@@ -98,7 +98,7 @@ class Cache:
         """Keys Redis evicted under memory pressure since it started (INFO stats
         evicted_keys); None when Redis cannot be asked (or the breaker is open). TTL
         expiry is not an eviction."""
-        if not self.breaker.allow():
+        if not await self._admit():
             return None
         try:
             stats = await self.client.info("stats")
@@ -122,7 +122,13 @@ class Cache:
             log.warning("cache_unavailable", operation=operation, error=type(exc).__name__)
         else:
             self.breaker.record_success()
-            await self._forget_stale()
+
+    async def _admit(self) -> bool:
+        """May a call go to Redis? The breaker decides; and before the first call after
+        writes were missed, those keys are deleted, so nothing stale is read."""
+        if not self.breaker.allow():
+            return False
+        return await self._forget_stale()
 
     def _remember_stale(self, *keys: str) -> None:
         """A write that did not reach Redis (a decision's new state, an invalidation)
@@ -135,15 +141,19 @@ class Cache:
             return
         self._stale.update(keys)
 
-    async def _forget_stale(self) -> None:
+    async def _forget_stale(self) -> bool:
+        """Delete the keys whose writes missed Redis; False if Redis failed meanwhile."""
         if not self._stale:
-            return
+            return True
         keys, self._stale = sorted(self._stale), set()
         try:
             for start in range(0, len(keys), 500):
                 await self.client.delete(*keys[start : start + 500])
-        except _REDIS_FAILURES:
+        except _REDIS_FAILURES as exc:
             self._stale.update(keys)
-            return
+            self.breaker.record_failure()
+            log.warning("cache_unavailable", operation="delete", error=type(exc).__name__)
+            return False
         self._stale_overflowed = False
         log.info("cache_stale_keys_deleted", count=len(keys))
+        return True
