@@ -80,12 +80,14 @@ class Load:
         return status, data
 
     async def _client(self, index: int) -> None:
-        rng = random.Random(1100 + index)  # noqa: S311 - a test's load, not security
+        rng = random.Random(1100 + index)
         pending: list[str] = []
         while not self.stopping.is_set():
             choice = rng.random()
             if choice < 0.3 or not pending:
-                status, data = await self._call("submit", "POST", "/api/reviews", "producer", submission())
+                status, data = await self._call(
+                    "submit", "POST", "/api/reviews", "producer", submission()
+                )
                 if status == 201:
                     self.reviews[data["id"]] = "pending"
                     pending.append(data["id"])
@@ -96,7 +98,11 @@ class Load:
             elif choice < 0.9:
                 rid = pending.pop(rng.randrange(len(pending)))
                 status, _ = await self._call(
-                    "decide", "POST", f"/api/reviews/{rid}/decision", "reviewer", {"decision": "approve"}
+                    "decide",
+                    "POST",
+                    f"/api/reviews/{rid}/decision",
+                    "reviewer",
+                    {"decision": "approve"},
                 )
                 if status == 200:
                     self.reviews[rid] = "approved"
@@ -121,7 +127,11 @@ class Load:
         stored = dict(rows)
         missing = set(self.reviews) - set(stored)
         assert not missing, f"{len(missing)} acknowledged reviews missing"
-        wrong = {rid for rid, status in self.reviews.items() if status == "approved" and stored[rid] != "approved"}
+        wrong = {
+            rid
+            for rid, status in self.reviews.items()
+            if status == "approved" and stored[rid] != "approved"
+        }
         assert not wrong, f"{len(wrong)} acknowledged decisions missing"
 
 
@@ -129,6 +139,32 @@ def quantile(values: Iterable[float], q: float) -> float:
     ordered = sorted(values)
     assert ordered, "no requests in the window"
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+BASELINE_SECONDS = 2.0
+
+
+def assert_latency_near_baseline(
+    window: list[Outcome], baseline: list[Outcome], *, p50_extra: float, p99_extra: float
+) -> None:
+    """The fault window's p50 / p99 exceed the healthy baseline's (same process, same
+    load) by less than the given seconds. Load, server and clients share one event
+    loop on a shared machine, so latency is stated against the baseline, not in
+    absolute milliseconds: what the fault adds is what is bounded."""
+    assert len(window) >= 30 and len(baseline) >= 30, (len(window), len(baseline))
+    seconds, base = [o.seconds for o in window], [o.seconds for o in baseline]
+    summary = {
+        q: (round(quantile(seconds, q), 3), round(quantile(base, q), 3)) for q in (0.5, 0.99)
+    }
+    assert summary[0.5][0] < summary[0.5][1] + p50_extra, summary
+    assert summary[0.99][0] < summary[0.99][1] + p99_extra, summary
+
+
+def cache_errors(exposition: Any) -> float:
+    return sum(
+        exposition.value("cache_operations_total", operation=op, result="error")
+        for op in ("get", "set", "delete")
+    )
 
 
 async def metrics(client: TestClient) -> Any:
@@ -158,7 +194,9 @@ async def test_postgres_stopped_and_started_under_load(
     service, and every acknowledged write is in PostgreSQL."""
     await create_database(throwaway_postgres.url)
     client: TestClient = await aiohttp_client(
-        create_app(settings.with_changes(database_url=throwaway_postgres.url, db_timeout_seconds=2.0))
+        create_app(
+            settings.with_changes(database_url=throwaway_postgres.url, db_timeout_seconds=2.0)
+        )
     )
     load = Load(client, api_keys)
     load.start()
@@ -203,7 +241,7 @@ async def test_redis_stopped_and_started_under_load(
     )
     load = Load(client, api_keys)
     load.start()
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(BASELINE_SECONDS)
     throwaway_redis.kill()
     killed = time.monotonic()
     await asyncio.sleep(2.0)
@@ -220,9 +258,13 @@ async def test_redis_stopped_and_started_under_load(
     await load.stop()
 
     assert load.statuses() <= {200, 201}, load.statuses()
-    window = load.between(killed + 0.5, started)
-    assert quantile((o.seconds for o in window), 0.99) < 0.5
-    assert (status, body) == (200, {"status": "degraded", "checks": {"postgres": "ok", "redis": "circuit-open"}})
+    assert_latency_near_baseline(
+        load.between(killed + 0.5, started), load.between(0, killed), p50_extra=0.2, p99_extra=0.5
+    )
+    assert (status, body) == (
+        200,
+        {"status": "degraded", "checks": {"postgres": "ok", "redis": "circuit-open"}},
+    )
     assert m_down.value("hitl_cache_circuit_state") in {1, 2}
     assert m_down.value("hitl_cache_circuit_opened_total") >= 1
     assert recovery < 2.0
@@ -247,11 +289,16 @@ async def test_redis_hung_opens_the_breaker(
     for _ in range(2):  # cached as pending
         assert (await client.get(f"/api/reviews/{rid}", headers=viewer)).status == 200
     load.start()
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(BASELINE_SECONDS)
     throwaway_redis.pause()
     paused = time.monotonic()
     await asyncio.sleep(1.0)
-    resp = await client.post(f"/api/reviews/{rid}/decision", json={"decision": "reject", "justification": "x"}, headers=reviewer)
+    m_open = await metrics(client)
+    resp = await client.post(
+        f"/api/reviews/{rid}/decision",
+        json={"decision": "reject", "justification": "x"},
+        headers=reviewer,
+    )
     assert resp.status == 200
     await asyncio.sleep(2.0)
     status, body = await ready(client)
@@ -268,9 +315,13 @@ async def test_redis_hung_opens_the_breaker(
 
     assert load.statuses() <= {200, 201}, load.statuses()
     assert max(o.seconds for o in load.outcomes) < 1.5
-    hung = load.between(paused + 1.0, resumed)
-    assert len(hung) > 50
-    assert quantile((o.seconds for o in hung), 0.99) < 0.2, sorted(o.seconds for o in hung)[-5:]
+    # What the breaker saves: no request asks Redis while it is open (the first probe
+    # is due 5 s after the opening), where each read asked twice (get, then set) and
+    # waited 250 ms each time.
+    assert cache_errors(m_hung) == cache_errors(m_open)
+    assert_latency_near_baseline(
+        load.between(paused + 1.0, resumed), load.between(0, paused), p50_extra=0.2, p99_extra=0.5
+    )
     assert body == {"status": "degraded", "checks": {"postgres": "ok", "redis": "circuit-open"}}
     assert status == 200
     assert m_hung.value("hitl_cache_circuit_state") == 1
@@ -293,7 +344,6 @@ async def test_webhook_target_down_then_up(
     it is back every acknowledged final decision is delivered within 5 s, and the
     outbox is empty."""
     receiver, server = downstream
-    receiver.fail_next = 1_000_000
     client: TestClient = await aiohttp_client(
         create_app(
             settings.with_changes(
@@ -304,6 +354,9 @@ async def test_webhook_target_down_then_up(
     )
     load = Load(client, api_keys)
     load.start()
+    await asyncio.sleep(BASELINE_SECONDS)
+    receiver.fail_next = 1_000_000
+    down = time.monotonic()
     await asyncio.sleep(3.0)
     m_down = await metrics(client)
     receiver.fail_next = 0
@@ -312,12 +365,15 @@ async def test_webhook_target_down_then_up(
     decided = {rid for rid, status in load.reviews.items() if status == "approved"}
 
     async def all_delivered() -> bool:
-        return {n["review_id"] for n in receiver.received} >= decided
+        received = {n["review_id"] for n in receiver.received} >= decided
+        return received and (await metrics(client)).value("hitl_webhook_outbox_depth") == 0
 
     recovery = await wait_until(all_delivered, timeout=5)
 
     assert load.statuses() <= {200, 201}, load.statuses()
-    assert quantile((o.seconds for o in load.outcomes), 0.99) < 0.5
+    assert_latency_near_baseline(
+        load.between(down, up), load.between(0, down), p50_extra=0.2, p99_extra=0.5
+    )
     assert len(decided) > 10
     assert m_down.value("hitl_webhook_outbox_depth") > 0
     assert m_down.value("hitl_webhook_outbox_oldest_pending_seconds") > 1
@@ -388,9 +444,15 @@ async def test_sigkill_with_leased_deliveries_is_retried_within_the_lease(
         decided = []
         async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
             for _ in range(10):
-                async with session.post("/api/reviews", json=submission(), headers=api_keys.auth("producer")) as resp:
+                async with session.post(
+                    "/api/reviews", json=submission(), headers=api_keys.auth("producer")
+                ) as resp:
                     rid = (await resp.json())["id"]
-                async with session.post(f"/api/reviews/{rid}/decision", json={"decision": "approve"}, headers=api_keys.auth("reviewer")) as resp:
+                async with session.post(
+                    f"/api/reviews/{rid}/decision",
+                    json={"decision": "approve"},
+                    headers=api_keys.auth("reviewer"),
+                ) as resp:
                     assert resp.status == 200
                 decided.append(rid)
 
@@ -424,5 +486,7 @@ async def test_sigkill_with_leased_deliveries_is_retried_within_the_lease(
     await wait_until(all_delivered, timeout=14)
     slowest = max(receiver.delivered[rid] for rid in leased) - killed
     assert slowest < 12.0, slowest
-    rows = await sql(throwaway_postgres.url, "SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL")
+    rows = await sql(
+        throwaway_postgres.url, "SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL"
+    )
     assert rows == [(0,)]
