@@ -53,9 +53,10 @@ class Cache:
     async def get_json(self, key: str) -> Any | None:
         # A call the open breaker turns away is not a Redis call: neither an error nor
         # a miss. The circuit gauge and the open-transitions counter tell the operator.
-        if not await self._admit():
+        if not self.breaker.allow():
             return None
         async with self._guard("get"):
+            await self._forget_stale()
             raw = await self.client.get(key)
             self._metrics.record_cache("get", "miss" if raw is None else "hit")
             return None if raw is None else json.loads(raw)
@@ -64,29 +65,32 @@ class Cache:
     async def set_json(
         self, key: str, value: Any, ttl_seconds: int, *, only_if_absent: bool = False
     ) -> None:
-        if not await self._admit():
+        if not self.breaker.allow():
             self._remember_stale(key)
             return
         async with self._guard("set", key):
+            await self._forget_stale()
             await self.client.set(
                 key, json.dumps(value, default=str), ex=ttl_seconds, nx=only_if_absent
             )
             self._metrics.record_cache("set", "ok")
 
     async def delete(self, *keys: str) -> None:
-        if not await self._admit():
+        if not self.breaker.allow():
             self._remember_stale(*keys)
             return
         async with self._guard("delete", *keys):
+            await self._forget_stale()
             await self.client.delete(*keys)
             self._metrics.record_cache("delete", "ok")
 
     async def ping(self) -> bool:
         """Readiness' question. While the breaker is open it answers False without
         asking Redis; once the cool-down is over the ping is the half-open probe."""
-        if not await self._admit():
+        if not self.breaker.allow():
             return False
         try:
+            await self._forget_stale()
             answer = bool(await self.client.ping())
         except _REDIS_FAILURES:
             self.breaker.record_failure()
@@ -96,16 +100,16 @@ class Cache:
 
     async def evicted_keys(self) -> int | None:
         """Keys Redis evicted under memory pressure since it started (INFO stats
-        evicted_keys); None when Redis cannot be asked (or the breaker is open). TTL
-        expiry is not an eviction."""
-        if not await self._admit():
+        evicted_keys); None when Redis cannot be asked. TTL expiry is not an eviction.
+
+        A background poll: it does not ask Redis while the breaker is open, and its
+        outcome does not move the breaker (requests and readiness do)."""
+        if self.breaker.is_open:
             return None
         try:
             stats = await self.client.info("stats")
         except _REDIS_FAILURES:
-            self.breaker.record_failure()
             return None
-        self.breaker.record_success()
         return int(stats.get("evicted_keys", 0))
 
     @contextlib.asynccontextmanager
@@ -123,13 +127,6 @@ class Cache:
         else:
             self.breaker.record_success()
 
-    async def _admit(self) -> bool:
-        """May a call go to Redis? The breaker decides; and before the first call after
-        writes were missed, those keys are deleted, so nothing stale is read."""
-        if not self.breaker.allow():
-            return False
-        return await self._forget_stale()
-
     def _remember_stale(self, *keys: str) -> None:
         """A write that did not reach Redis (a decision's new state, an invalidation)
         may leave an older value there, e.g. behind a SIGSTOPped Redis that resumes:
@@ -141,19 +138,18 @@ class Cache:
             return
         self._stale.update(keys)
 
-    async def _forget_stale(self) -> bool:
-        """Delete the keys whose writes missed Redis; False if Redis failed meanwhile."""
+    async def _forget_stale(self) -> None:
+        """Before a call, delete the keys whose writes missed Redis, so nothing stale
+        is read once it answers again. Raises (keeping them) if Redis fails: the
+        call fails with it."""
         if not self._stale:
-            return True
+            return
         keys, self._stale = sorted(self._stale), set()
         try:
             for start in range(0, len(keys), 500):
                 await self.client.delete(*keys[start : start + 500])
-        except _REDIS_FAILURES as exc:
+        except BaseException:
             self._stale.update(keys)
-            self.breaker.record_failure()
-            log.warning("cache_unavailable", operation="delete", error=type(exc).__name__)
-            return False
+            raise
         self._stale_overflowed = False
         log.info("cache_stale_keys_deleted", count=len(keys))
-        return True
