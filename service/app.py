@@ -34,6 +34,7 @@ from .keys import (
 )
 from .metrics import ReviewMetrics
 from .outbox import OutboxPolicy, OutboxWorker
+from .storage.breaker import BreakerPolicy, CircuitBreaker, CircuitState
 from .storage.cache import Cache
 from .storage.db import Database, open_pool
 from .storage.migrate import apply_migrations
@@ -112,14 +113,32 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         health_check_interval=30,
     )
     instrument_redis(app, client)
-    app[CACHE] = Cache(client, app[telemetry.METRICS], prefix=settings.redis_key_prefix)
+    review_metrics = app[REVIEW_METRICS]
+
+    def circuit_changed(state: CircuitState) -> None:
+        review_metrics.set_cache_circuit_state(int(state), opened=state is CircuitState.OPEN)
+        log.warning("cache_circuit_" + state.name.lower())
+
+    breaker = CircuitBreaker(
+        BreakerPolicy(
+            failure_threshold=settings.cache_breaker_failures,
+            cool_down_seconds=settings.cache_breaker_cool_down_seconds,
+        ),
+        on_change=circuit_changed,
+    )
+    app[CACHE] = Cache(
+        client, app[telemetry.METRICS], prefix=settings.redis_key_prefix, breaker=breaker
+    )
     yield
     await client.aclose()
 
 
 async def readiness_ctx(app: web.Application) -> AsyncIterator[None]:
     # /api/health/ready asks these two probes and nothing else of the app.
-    app[READINESS] = Readiness(postgres=app[DB].ping, redis=app[CACHE].ping)
+    cache = app[CACHE]
+    app[READINESS] = Readiness(
+        postgres=app[DB].ping, redis=cache.ping, redis_circuit_open=lambda: cache.breaker.is_open
+    )
     yield
 
 
@@ -164,13 +183,17 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
             base_backoff_seconds=settings.webhook_base_backoff_seconds,
             max_backoff_seconds=settings.webhook_max_backoff_seconds,
             poll_seconds=settings.webhook_poll_seconds,
+            concurrency=settings.webhook_concurrency,
+            lease_seconds=settings.webhook_lease_seconds,
         ),
         functools.partial(telemetry.continue_trace, app),
     )
     app[REVIEWS].on_notification = worker.wake
 
     async def collect_outbox_depth() -> None:
-        metrics.set_outbox_depth(await worker.pending_count())
+        depth, oldest_seconds = await worker.backlog()
+        metrics.set_outbox_depth(depth)
+        metrics.set_outbox_oldest_pending(oldest_seconds)
 
     app[telemetry.METRICS].add_collector(collect_outbox_depth)
     async with background("hitl-outbox", worker.run):
@@ -179,7 +202,8 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def cache_evictions_ctx(app: web.Application) -> AsyncIterator[None]:
     """Feed cache_evictions_total with the growth of Redis' evicted_keys, polled in
-    the background (a restart of Redis resets it: that drop is skipped)."""
+    the background (a restart of Redis resets it: that drop is skipped). The poll goes
+    through the cache's circuit breaker: while it is open, Redis is not asked."""
     cache = app[CACHE]
     metrics = app[telemetry.METRICS]
     interval = app[SETTINGS].cache_stats_interval_seconds

@@ -54,6 +54,10 @@ class Settings:
     # share one Redis without seeing each other's entries.
     redis_key_prefix: str = "hitl:"
     redis_timeout_seconds: float = 0.25
+    # Circuit breaker on the cache: this many failures in a row skip Redis for the
+    # cool-down, then one call probes it.
+    cache_breaker_failures: int = 5
+    cache_breaker_cool_down_seconds: float = 5.0
     api_keys_file: Path = Path(".local/api-keys.json")
     # How often the keys file is checked for changes (one stat); SIGHUP reloads at once.
     api_keys_reload_interval_seconds: float = 1.0
@@ -70,6 +74,11 @@ class Settings:
     webhook_base_backoff_seconds: float = 1.0
     webhook_max_backoff_seconds: float = 300.0
     webhook_poll_seconds: float = 0.5
+    # Deliveries in flight at once (never two for one review), and how long a leased
+    # row stays hidden from other workers; the lease is renewed every third of it
+    # while its delivery runs, so a killed worker's rows are retried within it.
+    webhook_concurrency: int = 8
+    webhook_lease_seconds: float = 10.0
     cache_stats_interval_seconds: float = 15.0
     enable_test_routes: bool = False
     telemetry: TelemetrySettings = field(default_factory=telemetry_settings)
@@ -176,6 +185,8 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "redis_url": _redis_url,
     "redis_key_prefix": str,
     "redis_timeout_seconds": _positive_float,
+    "cache_breaker_failures": _positive_int,
+    "cache_breaker_cool_down_seconds": _positive_float,
     "api_keys_file": Path,
     "api_keys_reload_interval_seconds": _positive_float,
     "db_pool_min": _non_negative_int,
@@ -191,6 +202,8 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "webhook_base_backoff_seconds": _positive_float,
     "webhook_max_backoff_seconds": _positive_float,
     "webhook_poll_seconds": _positive_float,
+    "webhook_concurrency": _positive_int,
+    "webhook_lease_seconds": _positive_float,
     "cache_stats_interval_seconds": _positive_float,
     "enable_test_routes": _boolean,
 }

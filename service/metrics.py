@@ -51,6 +51,25 @@ VALIDATION_DURATION_BUCKETS: Final = (
 )
 WEBHOOK_RESULTS: Final = ("delivered", "failed")
 API_KEYS_RELOAD_RESULTS: Final = ("ok", "error")
+# From decision commit to the downstream's 2xx: tens of milliseconds when healthy, up
+# to the 300 s backoff ceiling (and beyond) while the downstream is down.
+DELIVERY_LAG_BUCKETS: Final = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+)
 
 
 class ReviewMetrics:
@@ -93,11 +112,30 @@ class ReviewMetrics:
         self.hitl_api_keys_loaded = metrics.gauge(
             "hitl_api_keys_loaded", "API keys the service accepts now (loaded, not expired)."
         )
+        self.hitl_webhook_outbox_oldest_pending_seconds = metrics.gauge(
+            "hitl_webhook_outbox_oldest_pending_seconds",
+            "Age of the oldest undelivered decision webhook in seconds (0 when none).",
+        )
+        self.hitl_webhook_delivery_lag_seconds = metrics.histogram(
+            "hitl_webhook_delivery_lag_seconds",
+            "Seconds from a decision's commit to its webhook's successful delivery.",
+            DELIVERY_LAG_BUCKETS,
+        )
+        self.hitl_cache_circuit_state = metrics.gauge(
+            "hitl_cache_circuit_state",
+            "Redis cache circuit breaker: 0 closed, 1 open (cache skipped), 2 half-open.",
+        )
+        self.hitl_cache_circuit_opened_total = metrics.counter(
+            "hitl_cache_circuit_opened_total",
+            "Times the Redis cache circuit breaker opened after repeated failures.",
+        )
         # Closed label sets exist from the first scrape, so rate() works at once.
         for result in WEBHOOK_RESULTS:
             self.hitl_webhook_deliveries_total.set({"result": result}, 0)
         for result in API_KEYS_RELOAD_RESULTS:
             self.hitl_api_keys_reload_total.set({"result": result}, 0)
+        self.hitl_cache_circuit_state.set({}, 0)
+        self.hitl_cache_circuit_opened_total.set({}, 0)
         self.hitl_build_info.set(
             metric_labels(
                 version=settings.service_version,
@@ -127,9 +165,12 @@ class ReviewMetrics:
     def set_outbox_depth(self, depth: int) -> None:
         self.hitl_webhook_outbox_depth.set({}, depth)
 
-    def record_webhook_delivery(self, *, result: str) -> None:
+    def record_webhook_delivery(self, *, result: str, lag_seconds: float | None = None) -> None:
+        """Count one attempt; a delivered one also observes its lag since the commit."""
         require_label(result, WEBHOOK_RESULTS, "result")
         self.hitl_webhook_deliveries_total.inc({"result": result})
+        if lag_seconds is not None:
+            self.hitl_webhook_delivery_lag_seconds.observe({}, max(float(lag_seconds), 0.0))
 
     def record_api_keys_reload(self, *, result: str) -> None:
         require_label(result, API_KEYS_RELOAD_RESULTS, "result")
@@ -137,3 +178,12 @@ class ReviewMetrics:
 
     def set_api_keys_loaded(self, count: int) -> None:
         self.hitl_api_keys_loaded.set({}, count)
+
+    def set_outbox_oldest_pending(self, seconds: float) -> None:
+        self.hitl_webhook_outbox_oldest_pending_seconds.set({}, max(float(seconds), 0.0))
+
+    def set_cache_circuit_state(self, state: int, *, opened: bool) -> None:
+        """``state``: 0 closed, 1 open, 2 half-open; ``opened`` counts a transition to open."""
+        self.hitl_cache_circuit_state.set({}, state)
+        if opened:
+            self.hitl_cache_circuit_opened_total.inc({})

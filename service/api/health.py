@@ -26,6 +26,8 @@ class Readiness:
 
     postgres: Probe
     redis: Probe
+    # True while the cache's circuit breaker skips Redis: shown as "circuit-open".
+    redis_circuit_open: Callable[[], bool] = lambda: False
 
 
 @routes.get("/api/health", name="health")
@@ -42,11 +44,15 @@ async def ready(request: web.Request) -> web.Response:
     postgres, redis = await asyncio.gather(_ok(readiness.postgres), _ok(readiness.redis))
     checks = {
         "postgres": "ok" if postgres else "unavailable",
-        "redis": "ok" if redis else "unavailable",
+        "redis": "ok" if redis else _redis_down(readiness),
     }
     if not postgres:
         return json_response({"status": "unavailable", "checks": checks}, status=503)
     return json_response({"status": "ready" if redis else "degraded", "checks": checks})
+
+
+def _redis_down(readiness: Readiness) -> str:
+    return "circuit-open" if readiness.redis_circuit_open() else "unavailable"
 
 
 async def _ok(probe: Probe) -> bool:

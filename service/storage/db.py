@@ -64,6 +64,11 @@ class Database:
             raise DatabaseBusy(
                 f"no database connection became free within {self.pool.timeout:g}s"
             ) from None
+        except OSError as exc:
+            # aiopg can hide a refused connect (PostgreSQL stopped) behind an OSError of
+            # its selector (a writer removed from an fd already closed): still
+            # "unreachable", a 503, not a crash.
+            raise psycopg2.OperationalError(f"cannot connect: {exc.__cause__ or exc}") from exc
         try:
             async with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
                 yield cur

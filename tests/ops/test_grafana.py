@@ -28,11 +28,13 @@ SERVICE_COUNTERS_AND_GAUGES = {
     "cache_operations_total", "cache_hit_ratio", "cache_evictions_total", "app_errors_total",
     "app_exceptions_total", "service_up", "slo_requests_total", "slo_requests_good", "slo_requests_bad",
     "hitl_build_info", "hitl_webhook_outbox_depth", "hitl_webhook_deliveries_total",
-    "hitl_tracing_spans_dropped_total",
+    "hitl_tracing_spans_dropped_total", "hitl_webhook_outbox_oldest_pending_seconds",
+    "hitl_cache_circuit_state", "hitl_cache_circuit_opened_total",
 }
 SERVICE_HISTOGRAMS = {
     "http_request_duration_seconds", "http_request_size_bytes", "http_response_size_bytes",
     "review_decision_duration_seconds", "apv_validation_duration_seconds", "db_query_duration_seconds",
+    "hitl_webhook_delivery_lag_seconds",
 }
 # Prometheus' own per-target series.
 SCRAPE_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}

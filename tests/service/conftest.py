@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -57,6 +58,7 @@ def _wait_for_port(port: int, deadline_seconds: float, proc: subprocess.Popen[by
 class ThrowawayRedis:
     port: int
     proc: subprocess.Popen[bytes]
+    command: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -67,18 +69,31 @@ class ThrowawayRedis:
             self.proc.kill()
             self.proc.wait(timeout=5)
 
+    def pause(self) -> None:
+        """SIGSTOP: the kernel still accepts connections, nothing answers (a hung Redis)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+    def start(self) -> None:
+        """Start a new, empty server on the same port (after ``kill``)."""
+        self.proc = subprocess.Popen(
+            list(self.command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        _wait_for_port(self.port, 5, self.proc)
+
 
 @pytest.fixture
 def throwaway_redis() -> Iterator[ThrowawayRedis]:
     """A private redis-server on a free port; the test may kill it."""
     binary = require_tool("redis-server")
     port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    command = (
+        binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"
     )
-    server = ThrowawayRedis(port, proc)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = ThrowawayRedis(port, proc, command)
     try:
         _wait_for_port(port, 5, proc)
         yield server
@@ -92,6 +107,7 @@ class ThrowawayPostgres:
     datadir: Path
     pg_ctl: str
     as_user: str | None
+    start_options: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -107,6 +123,10 @@ class ThrowawayPostgres:
         """Stop at once (as a crash would): connections drop, new ones are refused."""
         self._run("stop", "-m", "immediate", "-w")
 
+    def start(self) -> None:
+        """Start it again (after ``stop``), waiting until it accepts connections."""
+        self._run(*self.start_options)
+
 
 @pytest.fixture
 def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
@@ -121,14 +141,15 @@ def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
     if as_user:
         shutil.chown(root, user=as_user)
     port = free_port()
-    server = ThrowawayPostgres(port, datadir, pg_ctl, as_user)
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    start = ("start", "-w", "-t", "15", "-o", options, "-l", str(root / "log"))
+    server = ThrowawayPostgres(port, datadir, pg_ctl, as_user, start)
     init = [initdb, "-D", str(datadir), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"]
     if as_user:
         init = ["su", as_user, "-c", subprocess.list2cmdline(init)]
     subprocess.run(init, check=True, capture_output=True, timeout=60, cwd="/tmp")
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
     try:
-        server._run("start", "-w", "-t", "15", "-o", options, "-l", str(root / "log"))
+        server.start()
         yield server
     finally:
         subprocess.run(

@@ -147,6 +147,10 @@ CATALOGUE = {
     "hitl_webhook_deliveries_total": "counter",
     "hitl_api_keys_reload_total": "counter",
     "hitl_api_keys_loaded": "gauge",
+    "hitl_webhook_outbox_oldest_pending_seconds": "gauge",
+    "hitl_webhook_delivery_lag_seconds": "histogram",
+    "hitl_cache_circuit_state": "gauge",
+    "hitl_cache_circuit_opened_total": "counter",
 }
 
 
