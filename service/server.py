@@ -46,6 +46,7 @@ import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -288,13 +289,26 @@ def connection_cap(configured: int) -> int:
     return capped
 
 
-async def serve(app: web.Application, settings: Settings) -> None:
-    """Serve ``app`` until SIGTERM or SIGINT, then drain and exit (module docstring)."""
-    loop = asyncio.get_running_loop()
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """A started app: its runner, its listener and the listener's connection limiter."""
+
+    runner: web.AppRunner
+    listener: asyncio.Server
+    limiter: ConnectionLimiter
+
+    @property
+    def port(self) -> int:
+        return int(self.listener.sockets[0].getsockname()[1])
+
+
+async def listen(app: web.Application, settings: Settings) -> Listening:
+    """Start ``app`` (startup, cleanup contexts) and listen on the configured address,
+    each connection through a :class:`ConnectionLimiter`. Port 0 picks a free one."""
     runner = web.AppRunner(
         app, shutdown_timeout=settings.shutdown_grace_seconds, **handler_options(settings)
     )
-    await runner.setup()  # startup and cleanup contexts: a database that never answers raises
+    await runner.setup()  # a database that never answers raises here
     try:
         server = runner.server
         assert server is not None
@@ -304,30 +318,41 @@ async def serve(app: web.Application, settings: Settings) -> None:
             per_client=settings.max_connections_per_client,
             problem_type_base=settings.telemetry.problem_type_base,
         )
-        listener = await loop.create_server(
+        listener = await asyncio.get_running_loop().create_server(
             limiter, settings.host, settings.port, reuse_address=True
         )
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return Listening(runner, listener, limiter)
+
+
+async def serve(app: web.Application, settings: Settings) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT, then drain and exit (module docstring)."""
+    loop = asyncio.get_running_loop()
+    listening = await listen(app, settings)
+    try:
         log.info(
             "serving",
             host=settings.host,
-            port=settings.port,
+            port=listening.port,
             version=__version__,
-            max_connections=limiter.total,
+            max_connections=listening.limiter.total,
         )
         signals: asyncio.Queue[str] = asyncio.Queue()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, signals.put_nowait, signal.Signals(signum).name)
         try:
             received = await signals.get()
-            await _drain(app, settings, received, signals, listener, limiter)
+            await _drain(app, settings, received, signals, listening)
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
-            listener.close()
+            listening.listener.close()
     except BaseException:
-        await runner.cleanup()
+        await listening.runner.cleanup()
         raise
-    await _finish(app, runner, settings)
+    await _finish(app, listening.runner, settings)
 
 
 async def _drain(
@@ -335,10 +360,9 @@ async def _drain(
     settings: Settings,
     received: str,
     signals: asyncio.Queue[str],
-    listener: asyncio.Server,
-    limiter: ConnectionLimiter,
+    listening: Listening,
 ) -> None:
-    drain = app[DRAIN]
+    drain, limiter = app[DRAIN], listening.limiter
     drain.start()
     log.info(
         "shutdown_draining",
@@ -355,7 +379,7 @@ async def _drain(
         log.info("shutdown_drain_cut_short", signal=again)
     except TimeoutError:
         pass
-    listener.close()
+    listening.listener.close()
     log.info("shutdown_listener_closed", connections=limiter.open, in_flight=drain.in_flight)
 
 
