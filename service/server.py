@@ -12,9 +12,13 @@ cleanup contexts — and puts a drain in front of it:
    elsewhere; requests that still arrive are served. Log ``shutdown_draining``.
 2. After ``shutdown_drain_seconds`` (a second signal cuts it short): the listener
    closes. Log ``shutdown_listener_closed``.
-3. ``runner.cleanup()``: idle connections close, running requests get up to
-   ``shutdown_grace_seconds``. Log ``shutdown_in_flight_finished`` when none runs
-   (or the grace is over), then ``shutdown_exited`` once the resources are closed.
+3. Requests in handlers get up to ``shutdown_grace_seconds`` to finish (kept
+   connections are still served meanwhile, with ``Connection: close``). Log
+   ``shutdown_in_flight_finished``.
+4. ``runner.cleanup()``: idle connections close, a straggler gets
+   :data:`STRAGGLER_SECONDS` before it is cancelled, the cleanup contexts close the
+   resources. Log ``shutdown_exited``. The whole shutdown is bounded by drain + grace +
+   STRAGGLER_SECONDS + the time the cleanup contexts take.
 
 The listener is our own ``loop.create_server`` rather than a ``web.TCPSite`` so that
 each connection passes a :class:`ConnectionLimiter` first. Why at accept time and not
@@ -64,6 +68,10 @@ log = structlog.get_logger("hitl.server")
 # what the client sends before the connection closes (aiohttp's default is 10 s: a
 # client declaring 10 GB would be read at line rate for that long).
 LINGER_SECONDS = 2.0
+
+# How long runner.cleanup() lets a request finish that is still running after the
+# drain and the grace (it started in between, or outlived the grace) before cancelling it.
+STRAGGLER_SECONDS = 1.0
 
 # File descriptors kept free beside the connections: the database pool, Redis, the
 # webhook client, log files, the listener itself.
@@ -305,9 +313,7 @@ class Listening:
 async def listen(app: web.Application, settings: Settings) -> Listening:
     """Start ``app`` (startup, cleanup contexts) and listen on the configured address,
     each connection through a :class:`ConnectionLimiter`. Port 0 picks a free one."""
-    runner = web.AppRunner(
-        app, shutdown_timeout=settings.shutdown_grace_seconds, **handler_options(settings)
-    )
+    runner = web.AppRunner(app, shutdown_timeout=STRAGGLER_SECONDS, **handler_options(settings))
     await runner.setup()  # a database that never answers raises here
     try:
         server = runner.server
@@ -386,9 +392,9 @@ async def _drain(
 async def _finish(app: web.Application, runner: web.AppRunner, settings: Settings) -> None:
     drain = app[DRAIN]
     started = time.monotonic()
-    # runner.cleanup() closes idle connections, then waits for running handlers up to
-    # the grace (cancelling those still running), then closes the resources.
-    cleanup = asyncio.create_task(runner.cleanup())
+    # Wait before runner.cleanup(): its first step marks every connection closing, and
+    # a closing aiohttp connection drops the bytes that still arrive — the rest of a
+    # body being uploaded included. Until then a kept connection is still served.
     finished = True
     try:
         async with asyncio.timeout(settings.shutdown_grace_seconds):
@@ -401,7 +407,9 @@ async def _finish(app: web.Application, runner: web.AppRunner, settings: Setting
         still_running=drain.in_flight,
         seconds=round(time.monotonic() - started, 3),
     )
-    await cleanup
+    # Idle connections close; a request that started meanwhile, or outlived the grace,
+    # gets STRAGGLER_SECONDS before it is cancelled; then the cleanup contexts run.
+    await runner.cleanup()
     log.info("shutdown_exited", seconds=round(time.monotonic() - started, 3))
 
 
