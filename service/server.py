@@ -116,7 +116,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def setup_draining(app: web.Application) -> None:
     """Count requests in handlers, and say ``Connection: close`` (and close) on every
     response while draining or when a response asks for it (a body left unread).
-    Call after ``telemetry.setup``: this middleware is then the innermost."""
+    Call after ``telemetry.setup``, whose middleware must stay the outermost."""
     drain = Drain()
     app[DRAIN] = drain
 
