@@ -51,6 +51,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import structlog
@@ -157,12 +158,16 @@ class ConnectionLimiter:
     def __init__(
         self,
         server: web.Server,
+        options: dict[str, Any],
         *,
         total: int,
         per_client: int = 0,
         problem_type_base: str = "about:blank#",
     ) -> None:
         self._server = server
+        self._options = options
+        self._problem_type_base = problem_type_base
+        self._loop = asyncio.get_running_loop()
         self.total = total
         self.per_client = per_client
         self.open = 0
@@ -194,8 +199,12 @@ class ConnectionLimiter:
                 self._by_client.pop(client, None)
 
     def handler(self) -> asyncio.Protocol:
-        protocol: asyncio.Protocol = self._server()
-        return protocol
+        return ProblemRequestHandler(
+            self._server,
+            loop=self._loop,
+            problem_type_base=self._problem_type_base,
+            **self._options,
+        )
 
     @property
     def refusal(self) -> bytes:
@@ -216,6 +225,49 @@ class ConnectionLimiter:
             self._refusal_logged_at = now
             self._refused = 0
         return False
+
+
+class ProblemRequestHandler(web.RequestHandler):
+    """aiohttp's protocol for one connection, except that a request its parser refuses
+    (a byte not allowed in a header, a singleton header twice, a bad Content-Length) is
+    answered with a problem+json like any other bad input, and logged as a warning
+    naming the error class only. aiohttp answers text/plain that echoes the offending
+    header line (an API key, say) and logs every such request at error level."""
+
+    __slots__ = ("_problem_type_base",)
+
+    def __init__(self, manager: web.Server, *, problem_type_base: str, **options: Any) -> None:
+        super().__init__(manager, **options)
+        self._problem_type_base = problem_type_base
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        reason = type(exc).__name__ if exc is not None else "BadRequest"
+        log.warning("http_request_unparsable", status=status, error=reason, client=request.remote)
+        # The first line of aiohttp's message says what is wrong; the lines after it
+        # quote the request's bytes, which are not repeated.
+        what = (message or "").split("\n", 1)[0].rstrip(":").strip() or reason
+        body = {
+            "type": f"{self._problem_type_base}malformed-request",
+            "title": http_title(status, HTTPStatus(status).phrase),
+            "status": status,
+            "detail": f"The request is not valid HTTP/1.1: {what}.",
+        }
+        response = web.Response(
+            status=status,
+            text=json.dumps(body, separators=(",", ":")),
+            content_type="application/problem+json",
+            headers={hdrs.CONNECTION: "close"},
+        )
+        response.force_close()
+        return response
 
 
 class _Gate(asyncio.Protocol):
@@ -320,6 +372,7 @@ async def listen(app: web.Application, settings: Settings) -> Listening:
         assert server is not None
         limiter = ConnectionLimiter(
             server,
+            handler_options(settings),
             total=connection_cap(settings.max_connections),
             per_client=settings.max_connections_per_client,
             problem_type_base=settings.telemetry.problem_type_base,

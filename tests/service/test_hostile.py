@@ -207,8 +207,10 @@ async def test_undecodable_header_bytes_are_never_5xx(
     assert reply.status < 500, (reply.status, reply.body[:300])
     if expected is not None:
         assert reply.status == expected, (reply.status, reply.body[:300])
-    if reply.status == 401:
-        assert reply.problem()["type"] == PROBLEM_BASE + "unauthenticated"
+    if reply.status >= 400:
+        problem = reply.problem()  # problem+json, even when aiohttp's parser refused it
+        if reply.status == 401:
+            assert problem["type"] == PROBLEM_BASE + "unauthenticated"
     # The service is unharmed.
     assert (await exchange(listening.port, request("GET", "/api/health", []))).status == 200
 
@@ -235,11 +237,30 @@ async def test_duplicate_headers_are_4xx(
     (never a 5xx, never served as if one copy did not exist) and stores nothing."""
     listening = await serve()
     with_key = [bearer(api_keys.admin), *headers]
-    reply = await exchange(listening.port, request("POST", "/api/apv/validate", with_key, b"{}"))
-    assert 400 <= reply.status < 500, (reply.status, reply.body[:300])
-    reply = await exchange(listening.port, request("POST", "/api/reviews", with_key, b"{}"))
-    assert 400 <= reply.status < 500, (reply.status, reply.body[:300])
+    for path in ("/api/apv/validate", "/api/reviews"):
+        reply = await exchange(listening.port, request("POST", path, with_key, b"{}"))
+        assert 400 <= reply.status < 500, (reply.status, reply.body[:300])
+        reply.problem()
     assert await sql(database_url, "SELECT count(*) FROM reviews") == [(0,)]
+
+
+async def test_unparsable_request_is_a_problem_that_does_not_echo_the_key(
+    serve: Serve, api_keys: Keys, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A valid key followed by a control byte makes aiohttp's parser refuse the request:
+    the answer is a 400 malformed-request problem that closes the connection, and
+    neither it nor the logs repeat the key."""
+    listening = await serve()
+    raw = request("GET", "/api/reviews", [(b"Authorization", b"Bearer " + api_keys.admin.encode() + b"\x01")])
+    reply = await exchange(listening.port, raw)
+    assert reply.status == 400 and reply.header("connection") == "close"
+    problem = reply.problem()
+    assert problem["type"] == PROBLEM_BASE + "malformed-request"
+    assert problem["title"] == "Bad Request"
+    assert api_keys.admin not in reply.body.decode()
+    logged = "".join(capfd.readouterr())
+    assert "http_request_unparsable" in logged  # the line is there, and says no more
+    assert api_keys.admin not in logged
 
 
 async def test_declared_oversized_body_is_413_at_once_without_reading_it(
