@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 
 import structlog
-from aiohttp import web
 
 from telemetry import configure_logging
 
-from . import __version__, keyfile
+from . import keyfile
 from .auth import ROLES, KeyFileError, KeySet, append_key, new_key, parse_keys
 from .config import Settings, SettingsError
 from .storage.db import DatabaseUnreachable, redact_dsn
@@ -87,26 +86,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def serve(settings: Settings) -> None:
     from .app import create_app
+    from .server import run
 
     try:
         app = create_app(settings)
     except KeyFileError as exc:
         sys.exit(f"hitl: {exc}")
-
-    async def announce(app: web.Application) -> None:
-        log.info("serving", host=settings.host, port=settings.port, version=__version__)
-
-    app.on_startup.append(announce)
     try:
-        # aiohttp's own access log is off: telemetry writes one structured line per request.
-        web.run_app(
-            app,
-            host=settings.host,
-            port=settings.port,
-            access_log=None,
-            print=None,
-            shutdown_timeout=10,
-        )
+        # service/server.py: connection limits, timeouts, and the drain on SIGTERM.
+        run(app, settings)
     except DatabaseUnreachable as exc:
         sys.exit(f"hitl: {exc}")
 

@@ -34,6 +34,7 @@ from .keys import (
 )
 from .metrics import ReviewMetrics
 from .outbox import OutboxPolicy, OutboxWorker
+from .server import setup_draining
 from .storage.breaker import BreakerPolicy, CircuitBreaker, CircuitState
 from .storage.cache import Cache
 from .storage.db import Database, open_pool
@@ -52,6 +53,7 @@ def create_app(settings: Settings) -> web.Application:
         app, settings.telemetry, problem_mapper=problem_for, app_error_labels=APP_ERROR_LABELS
     )
     app[REVIEW_METRICS] = ReviewMetrics(metrics, settings.telemetry)
+    setup_draining(app)
 
     app.router.add_routes(health.routes)
     app.router.add_routes(reviews.routes)

@@ -68,6 +68,18 @@ class Settings:
     review_cache_ttl_seconds: int = 300
     stats_cache_ttl_seconds: int = 5
     max_body_bytes: int = 1024 * 1024
+    # Hostile clients (service/server.py): a body must arrive whole within this; an
+    # idle keep-alive connection, and the headers of the next request, within
+    # keepalive_timeout_seconds; at most max_connections open at once (0 per client:
+    # no per-address cap, since behind a proxy every client has the proxy's address).
+    body_read_timeout_seconds: float = 10.0
+    keepalive_timeout_seconds: float = 15.0
+    max_connections: int = 1000
+    max_connections_per_client: int = 0
+    # SIGTERM: readiness 503 and `Connection: close` for drain seconds while still
+    # serving, then the listener closes and in-flight requests get up to grace seconds.
+    shutdown_drain_seconds: float = 5.0
+    shutdown_grace_seconds: float = 10.0
     anomaly_threshold: float = 0.5
     decision_webhook_url: str | None = None
     webhook_timeout_seconds: float = 5.0
@@ -143,6 +155,9 @@ _port = _bounded(int, lambda v: 0 <= v <= 65535, "a TCP port number from 0 to 65
 _positive_int = _bounded(int, lambda v: v > 0, "a positive whole number, e.g. 10")
 _non_negative_int = _bounded(int, lambda v: v >= 0, "a whole number >= 0, e.g. 1")
 _positive_float = _bounded(float, lambda v: v > 0, "a positive number of seconds, e.g. 0.5")
+_non_negative_float = _bounded(
+    float, lambda v: v >= 0, "a number of seconds >= 0, e.g. 5 (0: none)"
+)
 _unit_interval = _bounded(float, lambda v: 0.0 <= v <= 1.0, "a number from 0 to 1, e.g. 0.5")
 
 
@@ -196,6 +211,12 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "review_cache_ttl_seconds": _positive_int,
     "stats_cache_ttl_seconds": _positive_int,
     "max_body_bytes": _positive_int,
+    "body_read_timeout_seconds": _positive_float,
+    "keepalive_timeout_seconds": _positive_float,
+    "max_connections": _positive_int,
+    "max_connections_per_client": _non_negative_int,
+    "shutdown_drain_seconds": _non_negative_float,
+    "shutdown_grace_seconds": _positive_float,
     "anomaly_threshold": _unit_interval,
     "decision_webhook_url": _http_url,
     "webhook_timeout_seconds": _positive_float,

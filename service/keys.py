@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .domain.reviews import ReviewService
     from .metrics import ReviewMetrics
+    from .server import Drain
     from .storage.cache import Cache
     from .storage.db import Database
 
@@ -23,6 +24,7 @@ CACHE: web.AppKey[Cache] = web.AppKey("cache")
 REVIEWS: web.AppKey[ReviewService] = web.AppKey("reviews")
 REVIEW_METRICS: web.AppKey[ReviewMetrics] = web.AppKey("review_metrics")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
+DRAIN: web.AppKey[Drain] = web.AppKey("drain")
 API_KEYS: web.AppKey[ApiKeys] = web.AppKey("api_keys")
 HTTP_CLIENT: web.AppKey[aiohttp.ClientSession] = web.AppKey("http_client", aiohttp.ClientSession)
 OPENAPI_DOCUMENT: web.AppKey[dict[str, Any]] = web.AppKey("openapi_document", dict)

@@ -1,7 +1,9 @@
-"""Reading request bodies: content type, size limit and JSON, each with its own error."""
+"""Reading request bodies: content type, size limit, read deadline and JSON, each with
+its own error."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Iterator
@@ -11,11 +13,13 @@ from aiohttp import web
 
 from ..domain.errors import (
     BadRequest,
+    BodyReadTimeout,
     BodyTooLarge,
     FieldError,
     UnsupportedMediaType,
     ValidationFailed,
 )
+from ..keys import SETTINGS
 
 # Integers longer than this are no identifier, score or count of ours; refusing them
 # early also keeps PostgreSQL's numeric overflow from turning into a 500.
@@ -28,12 +32,24 @@ async def read_json(request: web.Request) -> Any:
         raise UnsupportedMediaType(
             f"expected Content-Type: application/json, got {content_type or 'none'}"
         )
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
+    limit = request.client_max_size
+    # A declared length over the limit is refused before a byte of the body is read;
+    # a chunked body is cut off by aiohttp once it passes the limit.
+    declared = request.content_length
+    if declared is not None and declared > limit:
         raise BodyTooLarge(
-            f"the body is larger than the limit of {request.client_max_size} bytes"
-        ) from None
+            f"the declared body of {declared} bytes is larger than the limit of {limit} bytes"
+        )
+    # One deadline for the whole body: a client trickling it (or never sending it)
+    # would otherwise hold the connection and its handler for as long as it likes.
+    deadline = request.app[SETTINGS].body_read_timeout_seconds
+    try:
+        async with asyncio.timeout(deadline):
+            raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise BodyTooLarge(f"the body is larger than the limit of {limit} bytes") from None
+    except TimeoutError:
+        raise BodyReadTimeout(f"the body did not arrive within {deadline:g} s") from None
     try:
         body = json.loads(
             raw, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_bounded_int

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..keys import READINESS
+from ..keys import DRAIN, READINESS
 from .bodies import json_response
 
 routes = web.RouteTableDef()
@@ -39,7 +39,10 @@ async def health(request: web.Request) -> web.Response:
 @routes.get("/api/health/ready", name="ready")
 async def ready(request: web.Request) -> web.Response:
     """Ready: PostgreSQL answers (else 503). Redis down only degrades: the cache is
-    optional, every read falls back to PostgreSQL."""
+    optional, every read falls back to PostgreSQL. Shutting down: 503 at once, so a
+    load balancer stops sending while the requests that still come are served."""
+    if request.app[DRAIN].draining:
+        return json_response({"status": "draining", "checks": {}}, status=503)
     readiness = request.app[READINESS]
     postgres, redis = await asyncio.gather(_ok(readiness.postgres), _ok(readiness.redis))
     checks = {

@@ -103,6 +103,7 @@ AUTH_ERRORS = {
 }
 BODY_ERRORS = {
     "400": _problem("Malformed JSON"),
+    "408": _problem("The body did not arrive within the read deadline"),
     "413": _problem("Body larger than the configured limit"),
     "415": _problem("Content-Type is not application/json"),
     "422": {
@@ -310,7 +311,8 @@ PATHS: dict[str, dict[str, Any]] = {
                     ),
                 },
                 "503": {
-                    "description": "PostgreSQL unreachable",
+                    "description": "PostgreSQL unreachable, or the process is shutting down "
+                    '(status "draining")',
                     "content": _json(
                         _ref("Health"),
                         {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import psycopg2
@@ -19,6 +20,7 @@ from ..domain.errors import (
     AlreadyDecided,
     ApvConflict,
     BadRequest,
+    BodyReadTimeout,
     BodyTooLarge,
     Forbidden,
     ReviewNotFound,
@@ -72,7 +74,7 @@ class ProblemSpec:
         )
         return Problem(
             status=self.status,
-            title=http_title(self.status),
+            title=http_title(self.status, HTTPStatus(self.status).phrase),
             slug=self.slug,
             detail=detail,
             extra=self.members(exc) if self.members is not None else {},
@@ -93,6 +95,8 @@ _DATABASE_UNAVAILABLE = ProblemSpec(
     detail="The database is unavailable; retry later.",
 )
 
+_CLOSE = {"Connection": "close"}
+
 PROBLEMS: Mapping[type[BaseException], ProblemSpec] = {
     ValidationFailed: ProblemSpec(
         422, "validation-failed", "validation", detail=_validation_detail, members=_field_errors
@@ -101,7 +105,13 @@ PROBLEMS: Mapping[type[BaseException], ProblemSpec] = {
     UnsupportedMediaType: ProblemSpec(
         415, "unsupported-media-type", "bad_request", detail=_bad_request_detail
     ),
-    BodyTooLarge: ProblemSpec(413, "body-too-large", "bad_request", detail=_bad_request_detail),
+    # The rest of the body is not read: the connection closes after the answer.
+    BodyTooLarge: ProblemSpec(
+        413, "body-too-large", "bad_request", headers=_CLOSE, detail=_bad_request_detail
+    ),
+    BodyReadTimeout: ProblemSpec(
+        408, "body-read-timeout", "bad_request", headers=_CLOSE, detail=_bad_request_detail
+    ),
     ReviewNotFound: ProblemSpec(404, "review-not-found", "not_found", severity="info"),
     AlreadyDecided: ProblemSpec(
         409,

@@ -251,7 +251,7 @@ HEALTH = {
     "type": "object",
     "required": ["status"],
     "properties": {
-        "status": {"enum": ["ok", "ready", "degraded", "unavailable"]},
+        "status": {"enum": ["ok", "ready", "degraded", "unavailable", "draining"]},
         "checks": {"type": "object"},
     },
 }

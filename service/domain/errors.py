@@ -46,6 +46,13 @@ class BodyTooLarge(BadRequest):
         super().__init__(detail, status=413)
 
 
+class BodyReadTimeout(BadRequest):
+    """The client did not send the body it announced within the read deadline."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, status=408)
+
+
 class ReviewNotFound(DomainError):
     def __init__(self, review_id: str) -> None:
         super().__init__(f"no review with id {review_id}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp.test_utils import TestClient
 
+from service.keys import DRAIN
 from tests.conftest import Keys
 from tests.service.conftest import MakeClient
 from tests.service.helpers import assert_problem
@@ -45,3 +46,22 @@ async def test_unknown_route_and_method_are_problems(client: TestClient) -> None
     """An unknown path is a 404 problem and a wrong method a 405 problem."""
     await assert_problem(await client.get("/api/nothing-here"), 404)
     await assert_problem(await client.delete("/api/reviews"), 405)
+
+
+async def test_draining_readiness_is_503_and_every_response_says_close(
+    client: TestClient, api_keys: Keys
+) -> None:
+    """Once draining (SIGTERM), readiness is 503 'draining' without asking PostgreSQL,
+    and every response — the API's too, which are still served — says Connection: close;
+    before it, responses keep the connection alive."""
+    resp = await client.get("/api/reviews", headers=api_keys.auth("viewer"))
+    assert resp.status == 200 and "Connection" not in resp.headers
+    assert client.server.app is not None
+    client.server.app[DRAIN].start()
+    resp = await client.get("/api/health/ready")
+    assert resp.status == 503
+    assert await resp.json() == {"status": "draining", "checks": {}}
+    assert resp.headers["Connection"] == "close"
+    resp = await client.get("/api/reviews", headers=api_keys.auth("viewer"))
+    assert resp.status == 200 and resp.headers["Connection"] == "close"
+    assert (await client.get("/api/health")).headers["Connection"] == "close"
