@@ -71,14 +71,34 @@ async def decide_review(request: web.Request) -> web.Response:
     principal = require(request, "reviewer")
     body = await read_json(request)
     schemas.validate(schemas.DECISION_VALIDATOR, body)
-    review = await request.app[REVIEWS].decide(
+    judged = await request.app[REVIEWS].decide(
         request.match_info["review_id"],
         decision=Decision(body["decision"]),
         reviewer=principal.name,
         justification=body.get("justification"),
         modifications=body.get("modifications"),
+        idempotency_key=_idempotency_key(request),
     )
-    return json_response(review)
+    headers = {schemas.REPLAYED_HEADER: "true"} if judged.replayed else None
+    return json_response(judged.review, headers=headers)
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    values = request.headers.getall(schemas.IDEMPOTENCY_KEY_HEADER, [])
+    if not values:
+        return None
+    if len(values) > 1:
+        message = "must be sent at most once"
+    elif schemas.IDEMPOTENCY_KEY_PATTERN.fullmatch(values[0]):
+        return str(values[0])
+    else:
+        message = (
+            f"must be 1 to {schemas.IDEMPOTENCY_KEY_MAX} visible ASCII characters"
+            " (no spaces)"
+        )
+    raise ValidationFailed(
+        [FieldError(schemas.IDEMPOTENCY_KEY_HEADER, message)], location="header"
+    )
 
 
 def _choice(

@@ -26,6 +26,13 @@ DEFAULT_PAGE = 20
 MAX_PAGE = 100
 PAGE_LIMIT = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}
 
+# POST /api/reviews/{review_id}/decision: the optional Idempotency-Key request header
+# (scoped to the review and the reviewer) and the header that marks a replayed answer.
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_KEY_MAX = 255
+IDEMPOTENCY_KEY_PATTERN = re.compile(rf"[!-~]{{1,{IDEMPOTENCY_KEY_MAX}}}")
+REPLAYED_HEADER = "Idempotent-Replayed"
+
 
 def _text(max_length: int, **extra: Any) -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "maxLength": max_length, **extra}

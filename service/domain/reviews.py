@@ -17,7 +17,14 @@ from typing import Any
 
 from .errors import ApvConflict, FieldError, ReviewNotFound, ValidationFailed
 from .models import Decision, Severity
-from .ports import Notification, ReviewCache, ReviewEvents, ReviewRepository, Row
+from .ports import (
+    DecisionRequest,
+    Notification,
+    ReviewCache,
+    ReviewEvents,
+    ReviewRepository,
+    Row,
+)
 from .validation import PatternResult, validate_apv
 
 
@@ -33,6 +40,14 @@ class ReviewPolicy:
 class Submitted:
     review: dict[str, Any]
     created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """A decision's answer: the review, and whether it replays an earlier request."""
+
+    review: dict[str, Any]
+    replayed: bool
 
 
 def _no_trace_context() -> dict[str, str]:
@@ -167,36 +182,43 @@ class ReviewService:
         reviewer: str,
         justification: str | None,
         modifications: dict[str, Any] | None,
-    ) -> dict[str, Any]:
+        idempotency_key: str | None = None,
+    ) -> Judged:
         check_uuid(review_id)
+        request = DecisionRequest(decision, reviewer, justification, modifications, idempotency_key)
         notifies = self.policy.notify_decisions and decision.target.is_final
-        # Raises ReviewNotFound or AlreadyDecided when the review's state refuses it.
+        # Raises ReviewNotFound, IdempotencyKeyReused or AlreadyDecided when refused.
         decided = await self.store.decide(
-            review_id,
-            decision,
-            reviewer=reviewer,
-            justification=justification,
-            modifications=modifications,
-            notify=self._notification if notifies else None,
+            review_id, request, notify=self._notification if notifies else None
         )
-        row, record = decided.review, decided.record
-        # After commit: a rolled-back decision is neither counted nor uncached.
-        if notifies:
-            self.on_notification()
-        self.metrics.record_review_decision(
-            decision=decision.value,
-            severity=row["severity"],
-            duration=(record["decided_at"] - row["created_at"]).total_seconds(),
-        )
-        # Write-through, not just delete: a concurrent read that loaded the review
-        # before this commit fills the cache only if the key is absent (below), so it
-        # can no longer put the old state back after this decision.
-        review = await self._detail(row)
-        await self.cache.set_json(
-            self._review_key(review_id), review, self.policy.review_cache_ttl_seconds
-        )
-        await self.cache.delete(self._stats_key())
-        return review
+        # Everything below is built from what the transaction returned: no query after
+        # the commit, so losing PostgreSQL now cannot answer a won decision with a 503.
+        review = review_json(decided.review, decided.validation, decided.history)
+        if not decided.replayed:
+            # After commit: a rolled-back decision is neither counted nor notified, and
+            # a replay wrote nothing, so it is counted and notified once, by the original.
+            if notifies:
+                self.on_notification()
+            waited = decided.record["decided_at"] - decided.review["created_at"]
+            self.metrics.record_review_decision(
+                decision=decision.value,
+                severity=decided.review["severity"],
+                duration=waited.total_seconds(),
+            )
+        if decided.replayed:
+            # The original's cache write may have been lost with its response; a
+            # replay only drops the entry (the next read refills it from PostgreSQL),
+            # since what it read may be older than a decision committed since.
+            await self.cache.delete(self._review_key(review_id), self._stats_key())
+        else:
+            # Write-through, not just delete: a concurrent read that loaded the review
+            # before this commit fills the cache only if the key is absent (below), so
+            # it can no longer put the old state back after this decision.
+            await self.cache.set_json(
+                self._review_key(review_id), review, self.policy.review_cache_ttl_seconds
+            )
+            await self.cache.delete(self._stats_key())
+        return Judged(review, replayed=decided.replayed)
 
     # -- helpers --------------------------------------------------------------------
 
