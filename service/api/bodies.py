@@ -87,12 +87,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-# Numbers beyond schemas.NUMBER_BOUND are no identifier, score or count of ours (the
-# document says so); refusing them while parsing also keeps PostgreSQL's numeric
-# overflow from turning into a 500.
-
-
 def _finite_float(text: str) -> float:
+    # Numbers beyond schemas.NUMBER_BOUND are no identifier, score or count of ours (the
+    # document says so); refusing them while parsing also keeps PostgreSQL's numeric
+    # overflow from turning into a 500.
     value = float(text)
     if not math.isfinite(value) or abs(value) >= NUMBER_BOUND:
         raise ValueError(f"the number {text[:40]} is out of range")

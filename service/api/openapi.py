@@ -162,8 +162,9 @@ IDEMPOTENCY_KEY = {
     "schema": schemas.IDEMPOTENCY_KEY,
     "description": "Makes a retry safe: the same key (for this review and reviewer) with "
     "the same body is answered with the stored decision; with another body it is a 422 "
-    "idempotency-key-reused problem. Without a key, the same reviewer repeating the "
-    "review's latest decision with the same body is answered the same way.",
+    "idempotency-key-reused problem. Without a key (or with one not used before), the "
+    "same reviewer repeating the review's latest decision with the same body is answered "
+    "the same way.",
 }
 
 

@@ -282,13 +282,15 @@ class ReviewStore:
         )
         if review is None:
             raise ReviewNotFound(review_id)
-        # With a key, the record it names; without, the latest: a decision that
-        # another one has since followed is no longer what the review shows.
+        # The record the request's key names, wherever it is in the history; else the
+        # latest: a decision that another one has since followed is no longer what the
+        # review shows, so without a key it cannot be replayed.
+        stored = None
         if request.idempotency_key is not None:
             stored = await self._record_with_key(tx, review_id, request)
             if stored is not None and not request.repeats(stored):
                 raise IdempotencyKeyReused(review_id)
-        else:
+        if stored is None:
             stored = await tx.fetchone(
                 "select_latest_decision",
                 f"SELECT {_RECORD_COLUMNS} FROM review_decisions"  # noqa: S608 - fixed columns

@@ -232,6 +232,17 @@ async def test_a_keyed_retry_is_replayed_after_the_review_moved_on(
     assert [d["decision"] for d in review["decisions"]] == ["escalate", "approve"]
 
 
+async def test_a_keyed_retry_of_an_unkeyed_decision_is_replayed(
+    client: TestClient, api_keys: Keys, database_url: str
+) -> None:
+    """A key first seen on the retry falls back to the same-reviewer, same-body rule."""
+    rid = (await submit(client, api_keys.auth("producer")))["id"]
+    assert (await post_decision(client, rid, {"decision": "approve"}, api_keys.auth("reviewer"))).status == 200
+    resp = await post_decision(client, rid, {"decision": "approve"}, api_keys.auth("reviewer"), key="late")
+    assert resp.status == 200 and resp.headers[REPLAYED] == "true"
+    assert await stored(database_url, rid) == [("approve", "reviewer-bot", "approved", None)]
+
+
 async def test_keys_are_scoped_to_the_reviewer(client: TestClient, api_keys: Keys) -> None:
     """Another reviewer's request with the same key is a request of its own."""
     rid = (await submit(client, api_keys.auth("producer")))["id"]
