@@ -20,10 +20,7 @@ from ..domain.errors import (
     ValidationFailed,
 )
 from ..keys import SETTINGS
-
-# Integers longer than this are no identifier, score or count of ours; refusing them
-# early also keeps PostgreSQL's numeric overflow from turning into a 500.
-MAX_INTEGER_DIGITS = 30
+from .schemas import MAX_INTEGER_DIGITS, NUMBER_BOUND
 
 
 async def read_json(request: web.Request) -> Any:
@@ -71,7 +68,8 @@ async def read_json(request: web.Request) -> Any:
 
 
 def storable(text: str) -> bool:
-    """False for text PostgreSQL cannot store: NUL, or lone UTF-16 surrogates."""
+    """False for text PostgreSQL cannot store: NUL (see schemas.STORABLE_PATTERN), or
+    lone UTF-16 surrogates (not Unicode text at all)."""
     if "\x00" in text:
         return False
     try:
@@ -106,8 +104,11 @@ def _reject_constant(name: str) -> Any:
 
 
 def _finite_float(text: str) -> float:
+    # Numbers beyond schemas.NUMBER_BOUND are no identifier, score or count of ours (the
+    # document says so); refusing them while parsing also keeps PostgreSQL's numeric
+    # overflow from turning into a 500.
     value = float(text)
-    if not math.isfinite(value):
+    if not math.isfinite(value) or abs(value) >= NUMBER_BOUND:
         raise ValueError(f"the number {text[:40]} is out of range")
     return value
 

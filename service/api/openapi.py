@@ -90,28 +90,66 @@ def _json(schema: dict[str, Any], example: Any = None) -> dict[str, Any]:
     return {"application/json": media}
 
 
-def _problem(description: str) -> dict[str, Any]:
-    return {
+def _problem(
+    description: str, *, headers: dict[str, Any] | None = None, example: Any = None
+) -> dict[str, Any]:
+    media: dict[str, Any] = {"schema": _ref("Problem")}
+    if example is not None:
+        media["example"] = example
+    response: dict[str, Any] = {
         "description": description,
-        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        "content": {"application/problem+json": media},
     }
+    if headers:
+        response["headers"] = headers
+    return response
 
 
 AUTH_ERRORS = {
-    "401": _problem("Missing or unknown API key"),
+    "401": _problem(
+        "Missing or unknown API key",
+        headers={
+            "WWW-Authenticate": {
+                "description": "The scheme to authenticate with",
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        },
+    ),
     "403": _problem("The API key lacks the required role"),
 }
 BODY_ERRORS = {
-    "400": _problem("Malformed JSON"),
-    "408": _problem("The body did not arrive within the read deadline"),
-    "413": _problem("Body larger than the configured limit"),
-    "415": _problem("Content-Type is not application/json"),
-    "422": {
-        "description": "Schema violation, with per-field errors",
-        "content": {
-            "application/problem+json": {"schema": _ref("Problem"), "example": EXAMPLE_PROBLEM}
+    "400": _problem(
+        "Malformed JSON: not UTF-8, not RFC 8259 JSON (NaN, Infinity), nested too deeply "
+        f"for the parser, or a number of magnitude 1e{schemas.MAX_INTEGER_DIGITS} or more"
+    ),
+    "408": _problem(
+        "The body did not arrive within the read deadline (HITL_BODY_READ_TIMEOUT_SECONDS)"
+    ),
+    "413": _problem("Body larger than the configured limit (HITL_MAX_BODY_BYTES)"),
+    "415": _problem("Content-Type is not application/json (or another +json type)"),
+    "422": _problem(
+        "Schema violation, with per-field errors (text with NUL or an unpaired surrogate "
+        "included)",
+        example=EXAMPLE_PROBLEM,
+    ),
+}
+# Any operation: an unexpected failure is a problem body naming the request id.
+SERVER_ERROR = {"500": _problem("Unexpected failure (a bug); the body names the request_id")}
+# Operations that read or write PostgreSQL.
+DATABASE_ERRORS = {
+    "503": _problem(
+        "PostgreSQL is unreachable, or every pooled connection stayed busy: nothing was "
+        "written by this request; retry after Retry-After seconds",
+        headers={
+            "Retry-After": {
+                "description": "Seconds to wait before retrying",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1},
+            }
         },
-    },
+    ),
+    **SERVER_ERROR,
 }
 SECURED: list[dict[str, list[str]]] = [{"apiKey": []}]
 REVIEW_ID = {
@@ -119,6 +157,17 @@ REVIEW_ID = {
     "in": "path",
     "required": True,
     "schema": {"type": "string", "format": "uuid"},
+}
+IDEMPOTENCY_KEY = {
+    "name": schemas.IDEMPOTENCY_KEY_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": schemas.IDEMPOTENCY_KEY,
+    "description": "Makes a retry safe: the same key (for this review and reviewer) with "
+    "the same body is answered with the stored decision; with another body it is a 422 "
+    "idempotency-key-reused problem. Without a key (or with one not used before), the "
+    "same reviewer repeating the review's latest decision with the same body is answered "
+    "the same way.",
 }
 
 
@@ -128,7 +177,15 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
         "in": "query",
         "required": False,
         "schema": schema,
-        "description": description,
+        "description": description + "; at most once",
+    }
+
+
+def _filter_text(name: str) -> dict[str, Any]:
+    return {
+        "type": "string",
+        "maxLength": schemas.FILTER_MAX_LENGTH[name],
+        "pattern": schemas.STORABLE_PATTERN,
     }
 
 
@@ -155,6 +212,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 "409": _problem("Same apv_id with a different payload"),
                 **AUTH_ERRORS,
                 **BODY_ERRORS,
+                **DATABASE_ERRORS,
             },
         },
         "get": {
@@ -162,12 +220,24 @@ PATHS: dict[str, dict[str, Any]] = {
             "summary": "List reviews, newest first, keyset-paginated (role: viewer)",
             "security": SECURED,
             "parameters": [
-                _query("status", {"enum": schemas.STATUSES}, "Only reviews in this state"),
-                _query("severity", {"enum": schemas.SEVERITIES}, "Only this severity"),
-                _query("source", {"type": "string"}, "Only from this producer"),
-                _query("cve_id", {"type": "string"}, "Only this CVE"),
+                _query(
+                    "status",
+                    {"type": "string", "enum": [*schemas.STATUSES, ""]},
+                    "Only reviews in this state (empty: any)",
+                ),
+                _query(
+                    "severity",
+                    {"type": "string", "enum": [*schemas.SEVERITIES, ""]},
+                    "Only this severity (empty: any)",
+                ),
+                _query("source", _filter_text("source"), "Only from this producer (empty: any)"),
+                _query("cve_id", _filter_text("cve_id"), "Only this CVE (empty: any)"),
                 _query("limit", schemas.PAGE_LIMIT, "Page size"),
-                _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
+                _query(
+                    "cursor",
+                    schemas.CURSOR,
+                    "next_cursor of the previous page (empty: the first page)",
+                ),
             ],
             "responses": {
                 "200": {
@@ -176,8 +246,11 @@ PATHS: dict[str, dict[str, Any]] = {
                         _ref("ReviewPage"), {"items": [EXAMPLE_REVIEW], "next_cursor": None}
                     ),
                 },
-                "422": _problem("Bad filter, limit or cursor"),
+                "422": _problem(
+                    "Bad filter, limit or cursor, or a parameter given more than once"
+                ),
                 **AUTH_ERRORS,
+                **DATABASE_ERRORS,
             },
         },
     },
@@ -211,6 +284,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     ),
                 },
                 **AUTH_ERRORS,
+                **DATABASE_ERRORS,
             },
         },
     },
@@ -227,6 +301,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 },
                 "404": _problem("No such review"),
                 **AUTH_ERRORS,
+                **DATABASE_ERRORS,
             },
         },
     },
@@ -235,7 +310,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "decide_review",
             "summary": "Approve, reject, modify or escalate (role: reviewer; reviewer = key name)",
             "security": SECURED,
-            "parameters": [REVIEW_ID],
+            "parameters": [REVIEW_ID, IDEMPOTENCY_KEY],
             "requestBody": {
                 "required": True,
                 "content": {
@@ -246,11 +321,33 @@ PATHS: dict[str, dict[str, Any]] = {
                 },
             },
             "responses": {
-                "200": {"description": "The updated review", "content": _json(_ref("Review"))},
+                "200": {
+                    "description": "The decided review, built from the decision's own "
+                    "transaction. A replay (a retry of a decision already stored: see "
+                    "Idempotency-Key) is answered the same way, with Idempotent-Replayed",
+                    "headers": {
+                        schemas.REPLAYED_HEADER: {
+                            "description": "Present on a replay: nothing was written",
+                            "required": False,
+                            "schema": {"type": "string", "enum": ["true"]},
+                        }
+                    },
+                    "content": _json(_ref("Review")),
+                },
                 "404": _problem("No such review"),
-                "409": _problem("The review is already final (or already escalated)"),
+                "409": _problem(
+                    "The review is already final (or already escalated), and this is not "
+                    "a retry of the decision that made it so"
+                ),
                 **AUTH_ERRORS,
                 **BODY_ERRORS,
+                "422": _problem(
+                    "Schema violation with per-field errors, a malformed Idempotency-Key, "
+                    "or an Idempotency-Key already used for another decision "
+                    "(idempotency-key-reused)",
+                    example=EXAMPLE_PROBLEM,
+                ),
+                **DATABASE_ERRORS,
             },
         },
     },
@@ -283,6 +380,7 @@ PATHS: dict[str, dict[str, Any]] = {
                 },
                 **AUTH_ERRORS,
                 **BODY_ERRORS,
+                **SERVER_ERROR,
             },
         },
     },
@@ -291,7 +389,8 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "health",
             "summary": "Liveness (no I/O, no key)",
             "responses": {
-                "200": {"description": "Alive", "content": _json(_ref("Health"), {"status": "ok"})}
+                "200": {"description": "Alive", "content": _json(_ref("Health"), {"status": "ok"})},
+                **SERVER_ERROR,
             },
         },
     },
@@ -310,6 +409,7 @@ PATHS: dict[str, dict[str, Any]] = {
                         },
                     ),
                 },
+                **SERVER_ERROR,
                 "503": {
                     "description": "PostgreSQL unreachable, or the process is shutting down "
                     '(status "draining")',
@@ -329,7 +429,8 @@ PATHS: dict[str, dict[str, Any]] = {
             "operationId": "openapi",
             "summary": "This document",
             "responses": {
-                "200": {"description": "OpenAPI 3.1", "content": _json({"type": "object"})}
+                "200": {"description": "OpenAPI 3.1", "content": _json({"type": "object"})},
+                **SERVER_ERROR,
             },
         },
     },
@@ -341,7 +442,8 @@ PATHS: dict[str, dict[str, Any]] = {
                 "200": {
                     "description": "Metrics",
                     "content": {"text/plain": {"schema": {"type": "string"}}},
-                }
+                },
+                **SERVER_ERROR,
             },
         },
     },
@@ -368,7 +470,7 @@ def build_document(*, include_test_routes: bool = False) -> dict[str, Any]:
             "title": "hitl — human review of APVs",
             "version": __version__,
             "description": "Humans review APVs (a CVE, the affected component and a proposed "
-            "patch) and approve, reject, modify or escalate them.",
+            "patch) and approve, reject, modify or escalate them.\n\n" + schemas.TEXT_RULES,
         },
         "servers": [{"url": "/"}],
         "paths": paths,
@@ -390,6 +492,7 @@ def build_document(*, include_test_routes: bool = False) -> dict[str, Any]:
                 "ValidationReport": schemas.VALIDATION_REPORT,
                 "Problem": schemas.PROBLEM,
                 "Health": schemas.HEALTH,
+                **schemas.FREE_FORM_SCHEMAS,
             },
         },
     }

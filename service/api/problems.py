@@ -23,6 +23,7 @@ from ..domain.errors import (
     BodyReadTimeout,
     BodyTooLarge,
     Forbidden,
+    IdempotencyKeyReused,
     ReviewNotFound,
     Unauthenticated,
     UnsupportedMediaType,
@@ -33,8 +34,9 @@ from ..storage.db import DatabaseBusy
 
 def _validation_detail(exc: BaseException) -> str:
     assert isinstance(exc, ValidationFailed)
-    if exc.location == "query":
-        return "The query parameters are not valid: " + "; ".join(
+    if exc.location in ("query", "header"):
+        what = "query parameters" if exc.location == "query" else "request headers"
+        return f"The {what} are not valid: " + "; ".join(
             f"{e.field} {e.message}" for e in exc.errors
         )
     return "The request body does not match the schema; see errors."
@@ -118,6 +120,13 @@ PROBLEMS: Mapping[type[BaseException], ProblemSpec] = {
         "already-decided",
         "conflict",
         members=lambda exc: {"current_status": getattr(exc, "status", None)},
+    ),
+    # 422 as the IETF Idempotency-Key draft says for a key reused with another payload.
+    IdempotencyKeyReused: ProblemSpec(
+        422,
+        "idempotency-key-reused",
+        "validation",
+        members=lambda exc: {"review_id": getattr(exc, "review_id", None)},
     ),
     ApvConflict: ProblemSpec(
         409,

@@ -13,6 +13,7 @@ from jsonschema import Draft202012Validator
 
 from ..domain.errors import FieldError, ValidationFailed
 from ..domain.models import Decision, Severity, Status
+from ..domain.reviews import CURSOR_PATTERN
 from ..domain.validation import Result
 
 # The domain's names, as the enums of every schema and query filter.
@@ -21,14 +22,112 @@ STATUSES = [s.value for s in Status]
 DECISIONS = [d.value for d in Decision]
 PATTERN_RESULTS = [r.value for r in Result]
 
-# GET /api/reviews page size: the handler enforces these, the OpenAPI document shows them.
+# What PostgreSQL can store: text without NUL, declared by this pattern on every string
+# and object key of a body and on the text query filters, and enforced on them
+# (bodies.storable). Text must also be Unicode: an unpaired UTF-16 surrogate (a
+# "\ud800" escape alone) is refused as well, as I-JSON (RFC 7493, 2.1) says; no pattern
+# states that portably (ECMA-262 with the u flag and the Rust engine schemathesis
+# validates with read text as Unicode scalar values, where none can occur), so the
+# document says it in words (TEXT_RULES).
+STORABLE_PATTERN = r"^[^\u0000]*$"
+TEXT_RULES = (
+    "Every string and object key in a request is Unicode text without NUL (U+0000): "
+    "NUL and unpaired UTF-16 surrogates are refused with 422 (I-JSON, RFC 7493)."
+)
+
+# Every JSON number of a body lies strictly between these: integers of up to 30 digits,
+# floats of the same magnitude. bodies.read_json refuses others as malformed (400)
+# before anything is stored (PostgreSQL's numeric overflow must not become a 500).
+MAX_INTEGER_DIGITS = 30
+NUMBER_BOUND = 10**MAX_INTEGER_DIGITS
+NUMBER_BOUNDS: dict[str, Any] = {
+    "exclusiveMinimum": -NUMBER_BOUND,
+    "exclusiveMaximum": NUMBER_BOUND,
+}
+
+# Free-form objects (wargaming.details, a decision's modifications, extra fields sent
+# to /api/apv/validate) nest arrays and objects at most this deep.
+FREE_FORM_DEPTH = 8
+
+# GET /api/reviews: the handler enforces these, the OpenAPI document shows them.
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 PAGE_LIMIT = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}
+# The longest source / cve_id a review can have: a longer filter is refused (422).
+FILTER_MAX_LENGTH = {"source": 100, "cve_id": 64}
+# next_cursor as issued, or empty for the first page: the pattern the domain decodes with.
+CURSOR = {"type": "string", "pattern": CURSOR_PATTERN}
+
+# POST /api/reviews/{review_id}/decision: the optional Idempotency-Key request header
+# (scoped to the review and the reviewer) and the header that marks a replayed answer.
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_KEY_MAX = 255
+IDEMPOTENCY_KEY_PATTERN = "^[!-~]+$"  # visible ASCII, no spaces
+IDEMPOTENCY_KEY = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": IDEMPOTENCY_KEY_MAX,
+    "pattern": IDEMPOTENCY_KEY_PATTERN,
+}
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 
 def _text(max_length: int, **extra: Any) -> dict[str, Any]:
-    return {"type": "string", "minLength": 1, "maxLength": max_length, **extra}
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": max_length,
+        "pattern": STORABLE_PATTERN,
+        **extra,
+    }
+
+
+NUMBER: dict[str, Any] = {"type": "number", **NUMBER_BOUNDS}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _free_form_name(depth: int) -> str:
+    return f"StorableJson{depth}"
+
+
+def _free_form(depth: int) -> dict[str, Any]:
+    """Any JSON value PostgreSQL can store, arrays and objects nested at most ``depth``
+    deep. One schema per depth, each referring to the next shallower one: JSON Schema
+    has no depth keyword, and a recursive schema would allow any depth."""
+    scalars = ["string", "number", "boolean", "null"]
+    schema: dict[str, Any] = {
+        "description": f"Any JSON value without NUL in its text, "
+        f"numbers of magnitude < 1e{MAX_INTEGER_DIGITS}, arrays and objects nested at most "
+        f"{depth} deep",
+        "type": scalars,
+        "pattern": STORABLE_PATTERN,
+        **NUMBER_BOUNDS,
+    }
+    if depth > 0:
+        inner = _ref(_free_form_name(depth - 1))
+        schema["type"] = [*scalars, "array", "object"]
+        schema["items"] = inner
+        schema["propertyNames"] = {"pattern": STORABLE_PATTERN}
+        schema["additionalProperties"] = inner
+    return schema
+
+
+# Referenced as #/components/schemas/StorableJson<n>: the OpenAPI document lists them
+# among its components, and each request validator below is rooted beside them.
+FREE_FORM_SCHEMAS = {_free_form_name(d): _free_form(d) for d in range(FREE_FORM_DEPTH + 1)}
+
+
+def _free_form_object(**extra: Any) -> dict[str, Any]:
+    """A JSON object of free-form members: itself the first level of nesting."""
+    return {
+        "type": "object",
+        "propertyNames": {"pattern": STORABLE_PATTERN},
+        "additionalProperties": _ref(_free_form_name(FREE_FORM_DEPTH - 1)),
+        **extra,
+    }
 
 
 PACKAGE = {
@@ -48,7 +147,7 @@ WARGAMING = {
     "required": ["verdict"],
     "properties": {
         "verdict": _text(50, description="Outcome of the exploit simulation, e.g. patch_effective"),
-        "details": {"type": "object"},
+        "details": _free_form_object(),
     },
 }
 
@@ -75,7 +174,7 @@ APV_SUBMISSION: dict[str, Any] = {
         "package": PACKAGE,
         "patch": _text(512 * 1024, description="Proposed patch as a unified diff"),
         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-        "anomaly_score": {"type": "number"},
+        "anomaly_score": NUMBER,
         "cvss_score": {"type": "number", "minimum": 0, "maximum": 10},
         "wargaming": WARGAMING,
     },
@@ -86,6 +185,9 @@ APV_SUBMISSION: dict[str, Any] = {
 APV_VALIDATION_REQUEST = {
     "type": "object",
     "properties": dict(APV_SUBMISSION["properties"]),
+    # Other fields are ignored, but must still be JSON the service can hold.
+    "propertyNames": {"pattern": STORABLE_PATTERN},
+    "additionalProperties": _ref(_free_form_name(FREE_FORM_DEPTH)),
 }
 
 DECISION_REQUEST = {
@@ -95,11 +197,9 @@ DECISION_REQUEST = {
     "properties": {
         "decision": {"enum": DECISIONS},
         "justification": _text(10_000),
-        "modifications": {
-            "type": "object",
-            "minProperties": 1,
-            "description": "What the reviewer changed, e.g. a revised patch",
-        },
+        "modifications": _free_form_object(
+            minProperties=1, description="What the reviewer changed, e.g. a revised patch"
+        ),
     },
     # The rule of models.Decision.needs_justification / needs_modifications.
     "allOf": [
@@ -256,9 +356,16 @@ HEALTH = {
     },
 }
 
-SUBMISSION_VALIDATOR = Draft202012Validator(APV_SUBMISSION)
-APV_VALIDATION_VALIDATOR = Draft202012Validator(APV_VALIDATION_REQUEST)
-DECISION_VALIDATOR = Draft202012Validator(DECISION_REQUEST)
+
+
+def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+    # Rooted beside the components its references name, as in the OpenAPI document.
+    return Draft202012Validator({**schema, "components": {"schemas": FREE_FORM_SCHEMAS}})
+
+
+SUBMISSION_VALIDATOR = _validator(APV_SUBMISSION)
+APV_VALIDATION_VALIDATOR = _validator(APV_VALIDATION_REQUEST)
+DECISION_VALIDATOR = _validator(DECISION_REQUEST)
 
 
 def validate(validator: Draft202012Validator, instance: Any) -> None:

@@ -67,6 +67,17 @@ class AlreadyDecided(DomainError):
         self.decision = decision
 
 
+class IdempotencyKeyReused(DomainError):
+    """An Idempotency-Key already stored with a different decision on this review."""
+
+    def __init__(self, review_id: str) -> None:
+        super().__init__(
+            f"this Idempotency-Key was already used for a different decision on review "
+            f"{review_id}; send a new key for a new request"
+        )
+        self.review_id = review_id
+
+
 class ApvConflict(DomainError):
     def __init__(self, apv_id: str, review_id: str) -> None:
         super().__init__(

@@ -32,11 +32,45 @@ class Notification:
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionRequest:
+    """What a reviewer asked for. Two requests are the same decision when every field
+    but ``idempotency_key`` is equal: a client's retry repeats its body unchanged."""
+
+    decision: Decision
+    reviewer: str
+    justification: str | None = None
+    modifications: dict[str, Any] | None = None
+    # The client's Idempotency-Key header, scoped to (review, reviewer); stored with
+    # the decision record.
+    idempotency_key: str | None = None
+
+    def repeats(self, record: Row) -> bool:
+        """True when ``record`` (a stored decision) is this request, made before."""
+        return bool(
+            record["decision"] == self.decision.value
+            and record["reviewer"] == self.reviewer
+            and record["justification"] == self.justification
+            and record["modifications"] == self.modifications
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Decided:
-    """The decision was applied: the review as it now is, and the appended record."""
+    """The outcome of a decision, read inside its own transaction so the response
+    needs no query after the commit: the review as it now is, the decision record
+    (the appended one, or the earlier one a replay repeats), the review's validation
+    results and its whole decision history.
+
+    ``replayed``: nothing was written; the request repeats a decision already stored
+    (same reviewer, same body, or the same Idempotency-Key), so its retry is answered
+    as the original was, and no metric, notification or cache entry counts it twice.
+    """
 
     review: Row
     record: Row
+    validation: list[Row]
+    history: list[Row]
+    replayed: bool = False
 
 
 # Builds the notification of an applied decision from (review, record); called inside
@@ -74,20 +108,18 @@ class ReviewRepository(Protocol):
         ...
 
     async def decide(
-        self,
-        review_id: str,
-        decision: Decision,
-        *,
-        reviewer: str,
-        justification: str | None,
-        modifications: dict[str, Any] | None,
-        notify: Notify | None,
+        self, review_id: str, request: DecisionRequest, *, notify: Notify | None
     ) -> Decided:
-        """In one transaction: move the review to ``decision.target`` if, and only if,
-        its current state is in ``decision.allowed_from`` (of concurrent decisions
-        exactly one wins), append the decision record and, when ``notify`` is given,
-        queue its notification. Raises ReviewNotFound, or AlreadyDecided when the
-        review's state does not allow the decision; then nothing is written."""
+        """In one transaction: move the review to ``request.decision.target`` if, and
+        only if, its current state is in ``decision.allowed_from`` (of concurrent
+        decisions exactly one wins), append the decision record, when ``notify`` is
+        given queue its notification, and read what the response shows (``Decided``).
+
+        When the state refuses the decision but the request repeats a stored one
+        (``DecisionRequest.repeats`` the review's latest record, or the record with the
+        same Idempotency-Key), returns it with ``replayed=True`` and writes nothing.
+        Otherwise raises ReviewNotFound, IdempotencyKeyReused (the key was used for a
+        different request) or AlreadyDecided; then nothing is written."""
         ...
 
     async def stats(self) -> Row:

@@ -5,19 +5,25 @@ Storage is reached only through the protocols of ports.py; no SQL here."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import ApvConflict, FieldError, ReviewNotFound, ValidationFailed
 from .models import Decision, Severity
-from .ports import Notification, ReviewCache, ReviewEvents, ReviewRepository, Row
+from .ports import (
+    DecisionRequest,
+    Notification,
+    ReviewCache,
+    ReviewEvents,
+    ReviewRepository,
+    Row,
+)
 from .validation import PatternResult, validate_apv
 
 
@@ -33,6 +39,14 @@ class ReviewPolicy:
 class Submitted:
     review: dict[str, Any]
     created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """A decision's answer: the review, and whether it replays an earlier request."""
+
+    review: dict[str, Any]
+    replayed: bool
 
 
 def _no_trace_context() -> dict[str, str]:
@@ -116,10 +130,10 @@ class ReviewService:
         severity: str | None,
         source: str | None,
         cve_id: str | None,
-        cursor: str | None,
+        cursor: str,
         limit: int,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        after = decode_cursor(cursor) if cursor else None
+        after = decode_cursor(cursor)
         rows = await self.store.list_reviews(
             status=status,
             severity=severity,
@@ -167,36 +181,43 @@ class ReviewService:
         reviewer: str,
         justification: str | None,
         modifications: dict[str, Any] | None,
-    ) -> dict[str, Any]:
+        idempotency_key: str | None = None,
+    ) -> Judged:
         check_uuid(review_id)
+        request = DecisionRequest(decision, reviewer, justification, modifications, idempotency_key)
         notifies = self.policy.notify_decisions and decision.target.is_final
-        # Raises ReviewNotFound or AlreadyDecided when the review's state refuses it.
+        # Raises ReviewNotFound, IdempotencyKeyReused or AlreadyDecided when refused.
         decided = await self.store.decide(
-            review_id,
-            decision,
-            reviewer=reviewer,
-            justification=justification,
-            modifications=modifications,
-            notify=self._notification if notifies else None,
+            review_id, request, notify=self._notification if notifies else None
         )
-        row, record = decided.review, decided.record
-        # After commit: a rolled-back decision is neither counted nor uncached.
-        if notifies:
-            self.on_notification()
-        self.metrics.record_review_decision(
-            decision=decision.value,
-            severity=row["severity"],
-            duration=(record["decided_at"] - row["created_at"]).total_seconds(),
-        )
-        # Write-through, not just delete: a concurrent read that loaded the review
-        # before this commit fills the cache only if the key is absent (below), so it
-        # can no longer put the old state back after this decision.
-        review = await self._detail(row)
-        await self.cache.set_json(
-            self._review_key(review_id), review, self.policy.review_cache_ttl_seconds
-        )
-        await self.cache.delete(self._stats_key())
-        return review
+        # Everything below is built from what the transaction returned: no query after
+        # the commit, so losing PostgreSQL now cannot answer a won decision with a 503.
+        review = review_json(decided.review, decided.validation, decided.history)
+        if not decided.replayed:
+            # After commit: a rolled-back decision is neither counted nor notified, and
+            # a replay wrote nothing, so it is counted and notified once, by the original.
+            if notifies:
+                self.on_notification()
+            waited = decided.record["decided_at"] - decided.review["created_at"]
+            self.metrics.record_review_decision(
+                decision=decision.value,
+                severity=decided.review["severity"],
+                duration=waited.total_seconds(),
+            )
+        if decided.replayed:
+            # The original's cache write may have been lost with its response; a
+            # replay only drops the entry (the next read refills it from PostgreSQL),
+            # since what it read may be older than a decision committed since.
+            await self.cache.delete(self._review_key(review_id), self._stats_key())
+        else:
+            # Write-through, not just delete: a concurrent read that loaded the review
+            # before this commit fills the cache only if the key is absent (below), so
+            # it can no longer put the old state back after this decision.
+            await self.cache.set_json(
+                self._review_key(review_id), review, self.policy.review_cache_ttl_seconds
+            )
+            await self.cache.delete(self._stats_key())
+        return Judged(review, replayed=decided.replayed)
 
     # -- helpers --------------------------------------------------------------------
 
@@ -277,23 +298,30 @@ def check_uuid(review_id: str) -> None:
         raise ReviewNotFound(review_id) from None
 
 
+# A page position: the last review's created_at in microseconds since the epoch, and
+# its id; empty for the first page. Plain text with a pattern the OpenAPI document
+# states, so every string a client can build from it is a position this API accepts
+# (16 digits reach the year 2286), and anything else is refused.
+CURSOR_PATTERN = r"^(?:([0-9]{1,16})_([0-9a-f]{32}))?$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def encode_cursor(created_at: datetime, review_id: str) -> str:
-    raw = json.dumps([created_at.isoformat(), review_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return f"{(created_at - _EPOCH) // _MICROSECOND}_{uuid.UUID(review_id).hex}"
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created, review_id = json.loads(base64.urlsafe_b64decode(padded))
-        if not isinstance(created, str) or not isinstance(review_id, str):
-            raise TypeError("cursor fields are strings")
-        uuid.UUID(review_id)
-        return datetime.fromisoformat(created), review_id
-    except (ValueError, TypeError, binascii.Error):
+def decode_cursor(cursor: str) -> tuple[datetime, str] | None:
+    """The position a cursor names; None for the first page."""
+    # re.search, as JSON Schema applies a "pattern" (the document's is this one).
+    match = re.search(CURSOR_PATTERN, cursor)
+    if match is None:
         raise ValidationFailed(
             [FieldError("cursor", "is not a cursor this API issued")], location="query"
-        ) from None
+        )
+    if match[1] is None:
+        return None
+    return _EPOCH + int(match[1]) * _MICROSECOND, str(uuid.UUID(match[2]))
 
 
 def _iso(value: datetime | None) -> str | None:

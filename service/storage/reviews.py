@@ -13,9 +13,9 @@ from typing import Any
 
 import psycopg2.extras
 
-from ..domain.errors import AlreadyDecided, ReviewNotFound
+from ..domain.errors import AlreadyDecided, IdempotencyKeyReused, ReviewNotFound
 from ..domain.models import Decision
-from ..domain.ports import Decided, Notify
+from ..domain.ports import Decided, DecisionRequest, Notify
 from ..domain.validation import PatternResult
 from .db import Database, Executor, Row
 
@@ -24,6 +24,10 @@ _REVIEW_COLUMNS = """
     package_version, package_ecosystem, patch, confidence, anomaly_score, cvss_score,
     wargaming, payload_sha256, status, created_at, decided_at
 """
+
+_RECORD_COLUMNS = (
+    "id, decision, reviewer, justification, modifications, from_status, to_status, decided_at"
+)
 
 
 class ReviewStore:
@@ -114,9 +118,15 @@ class ReviewStore:
         )
 
     async def validation_results(self, review_ids: Sequence[str]) -> dict[str, list[Row]]:
+        async with self.db.connection() as ex:
+            return await self._validation_results(ex, review_ids)
+
+    async def _validation_results(
+        self, ex: Executor, review_ids: Sequence[str]
+    ) -> dict[str, list[Row]]:
         if not review_ids:
             return {}
-        rows = await self.db.fetchall(
+        rows = await ex.fetchall(
             "select_validation_results",
             "SELECT review_id::text AS review_id, pattern_type, result, reason, duration_ms"
             " FROM validation_results WHERE review_id = ANY(%s::uuid[])"
@@ -129,7 +139,11 @@ class ReviewStore:
         return grouped
 
     async def decisions(self, review_id: str) -> list[Row]:
-        return await self.db.fetchall(
+        async with self.db.connection() as ex:
+            return await self._decisions(ex, review_id)
+
+    async def _decisions(self, ex: Executor, review_id: str) -> list[Row]:
+        return await ex.fetchall(
             "select_decisions",
             "SELECT decision, reviewer, justification, modifications, from_status, to_status,"
             " decided_at FROM review_decisions WHERE review_id = %s ORDER BY id",
@@ -173,51 +187,45 @@ class ReviewStore:
         )
 
     async def decide(
-        self,
-        review_id: str,
-        decision: Decision,
-        *,
-        reviewer: str,
-        justification: str | None,
-        modifications: dict[str, Any] | None,
-        notify: Notify | None,
+        self, review_id: str, request: DecisionRequest, *, notify: Notify | None
     ) -> Decided:
-        """Apply the decision, append its record and, with ``notify``, queue its
-        notification, all in one transaction. Raises ReviewNotFound, or AlreadyDecided
-        when the review's state does not allow the decision (rolled back: nothing
-        written)."""
+        """Apply the decision, append its record, with ``notify`` queue its
+        notification, and read what the response shows, all in one transaction: once
+        COMMIT returns, the answer is built without another round trip, so a database
+        lost after the commit cannot turn a decision that won into an error.
+
+        A request the review's state refuses is answered as a replay when it repeats a
+        stored decision; else ReviewNotFound, IdempotencyKeyReused or AlreadyDecided
+        (rolled back: nothing written)."""
         async with self.db.transaction() as tx:
-            decided = await self._apply_decision(
-                tx, review_id, decision, reviewer, justification, modifications
+            moved = await self._move_review(tx, review_id, request.decision)
+            if moved is None:
+                return await self._replay_or_refuse(tx, review_id, request)
+            if request.idempotency_key is not None and await self._record_with_key(
+                tx, review_id, request
+            ):
+                # The row lock is ours, so every earlier decision on this review is
+                # visible. A stored record with this key is never this very request: a
+                # decision's target state never allows the same decision again (see
+                # models.Decision.allowed_from), so the key now names something else.
+                raise IdempotencyKeyReused(review_id)
+            record = await self._append_record(tx, review_id, request, moved["from_status"])
+            decided = Decided(
+                review=moved,
+                record=record,
+                validation=(await self._validation_results(tx, [review_id]))[review_id],
+                history=await self._decisions(tx, review_id),
             )
-            if decided is None:
-                current = await tx.fetchone(
-                    "select_review_status",
-                    "SELECT status FROM reviews WHERE id = %s",
-                    (review_id,),
-                )
-                if current is None:
-                    raise ReviewNotFound(review_id)
-                raise AlreadyDecided(review_id, current["status"], decision.value)
             if notify is not None:
                 await self._enqueue_notification(tx, review_id, decided, notify)
         return decided
 
-    async def _apply_decision(
-        self,
-        tx: Executor,
-        review_id: str,
-        decision: Decision,
-        reviewer: str,
-        justification: str | None,
-        modifications: dict[str, Any] | None,
-    ) -> Decided | None:
+    async def _move_review(self, tx: Executor, review_id: str, decision: Decision) -> Row | None:
         """Move the review to the decision's state if, and only if, its current state
         allows it. The conditional UPDATE takes the row lock, so of two concurrent
         decisions exactly one matches. None when it did not match."""
-        allowed = [s.value for s in decision.allowed_from]
         target = decision.target
-        review = await tx.fetchone(
+        return await tx.fetchone(
             "update_review_status",
             f"""
             WITH previous AS (
@@ -233,31 +241,81 @@ class ReviewStore:
                 "id": review_id,
                 "target": target.value,
                 "final": target.is_final,
-                "allowed": allowed,
+                "allowed": [s.value for s in decision.allowed_from],
             },
         )
-        if review is None:
-            return None
+
+    async def _append_record(
+        self, tx: Executor, review_id: str, request: DecisionRequest, from_status: str
+    ) -> Row:
         record = await tx.fetchone(
             "insert_decision",
-            "INSERT INTO review_decisions"
+            "INSERT INTO review_decisions"  # noqa: S608 - only the fixed column list
             " (review_id, decision, reviewer, justification, modifications,"
-            "  from_status, to_status)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)"
-            " RETURNING id, decision, reviewer, justification, modifications,"
-            "  from_status, to_status, decided_at",
+            "  from_status, to_status, idempotency_key)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+            f" RETURNING {_RECORD_COLUMNS}",
             (
                 review_id,
-                decision.value,
-                reviewer,
-                justification,
-                _jsonb(modifications),
-                review["from_status"],
-                target.value,
+                request.decision.value,
+                request.reviewer,
+                request.justification,
+                _jsonb(request.modifications),
+                from_status,
+                request.decision.target.value,
+                request.idempotency_key,
             ),
         )
         assert record is not None
-        return Decided(review, record)
+        return record
+
+    async def _replay_or_refuse(
+        self, tx: Executor, review_id: str, request: DecisionRequest
+    ) -> Decided:
+        """The review's state refused the decision (the UPDATE waited for any decision
+        holding the row lock, so the winner's record is visible now). A replay when
+        the request repeats what is stored; otherwise the reason it is refused."""
+        review = await tx.fetchone(
+            "select_review",
+            f"SELECT {_REVIEW_COLUMNS} FROM reviews WHERE id = %s",  # noqa: S608 - fixed columns
+            (review_id,),
+        )
+        if review is None:
+            raise ReviewNotFound(review_id)
+        # The record the request's key names, wherever it is in the history; else the
+        # latest: a decision that another one has since followed is no longer what the
+        # review shows, so without a key it cannot be replayed.
+        stored = None
+        if request.idempotency_key is not None:
+            stored = await self._record_with_key(tx, review_id, request)
+            if stored is not None and not request.repeats(stored):
+                raise IdempotencyKeyReused(review_id)
+        if stored is None:
+            stored = await tx.fetchone(
+                "select_latest_decision",
+                f"SELECT {_RECORD_COLUMNS} FROM review_decisions"  # noqa: S608 - fixed columns
+                " WHERE review_id = %s ORDER BY id DESC LIMIT 1",
+                (review_id,),
+            )
+        if stored is None or not request.repeats(stored):
+            raise AlreadyDecided(review_id, review["status"], request.decision.value)
+        return Decided(
+            review=review,
+            record=stored,
+            validation=(await self._validation_results(tx, [review_id]))[review_id],
+            history=await self._decisions(tx, review_id),
+            replayed=True,
+        )
+
+    async def _record_with_key(
+        self, tx: Executor, review_id: str, request: DecisionRequest
+    ) -> Row | None:
+        return await tx.fetchone(
+            "select_decision_by_key",
+            f"SELECT {_RECORD_COLUMNS} FROM review_decisions"  # noqa: S608 - fixed columns
+            " WHERE review_id = %s AND reviewer = %s AND idempotency_key = %s",
+            (review_id, request.reviewer, request.idempotency_key),
+        )
 
     async def _enqueue_notification(
         self, tx: Executor, review_id: str, decided: Decided, notify: Notify

@@ -110,3 +110,35 @@ async def test_nul_in_list_filter_is_not_500(client: TestClient, api_keys: Keys)
     """A NUL byte in a list filter is a client error, not a crash."""
     resp = await client.get("/api/reviews?cve_id=%00", headers=api_keys.auth("viewer"))
     assert resp.status < 500, await resp.text()
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("limit=05", 200),
+        ("limit=%205", 422),  # " 5": int() would take it
+        ("limit=%2B5", 422),  # "+5"
+        ("limit=1_0", 422),
+        ("limit=%D9%A3", 422),  # an Arabic-Indic digit three
+        ("limit=", 422),
+        ("limit=5&limit=6", 422),
+        ("status=pending&status=approved", 422),
+        ("status=&severity=", 200),  # empty: no filter, as documented
+        ("source=" + "s" * 100, 200),
+        ("source=" + "s" * 101, 422),
+        ("cve_id=" + "C" * 64, 200),
+        ("cve_id=" + "C" * 65, 422),
+        ("source=a%00b", 422),
+    ],
+)
+async def test_list_parameters_are_exactly_the_documented_ones(
+    client: TestClient, api_keys: Keys, query: str, status: int
+) -> None:
+    """limit takes decimal digits only; a filter longer than any stored value, with a NUL,
+    or given twice is a 422 naming it, as the document declares."""
+    resp = await client.get(f"/api/reviews?{query}", headers=api_keys.auth("viewer"))
+    if status == 200:
+        assert resp.status == 200, await resp.text()
+    else:
+        problem = await assert_problem(resp, 422, "validation-failed")
+        assert query.split("=")[0] in problem["detail"]

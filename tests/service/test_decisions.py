@@ -127,10 +127,12 @@ async def test_escalated_allows_final_decisions(
 async def test_final_state_never_changes(
     client: TestClient, api_keys: Keys, database_url: str, first: str, second: str
 ) -> None:
-    """Once approved/rejected/modified, any further decision is a 409 and changes nothing."""
+    """Once approved/rejected/modified, any further decision by another reviewer is a
+    409 and changes nothing (the same reviewer repeating the same body is a replay:
+    see the idempotency tests below)."""
     rid = await new_review(client, api_keys)
     assert (await decide(client, rid, first, api_keys.auth("reviewer"))).status == 200
-    resp = await decide(client, rid, second, api_keys.auth("reviewer"))
+    resp = await decide(client, rid, second, api_keys.auth("admin"))
     problem = await assert_problem(resp, 409, "already-decided")
     assert problem["current_status"] == FINAL[first]
     assert second in problem["detail"]
@@ -143,12 +145,19 @@ async def test_final_state_never_changes(
 async def test_escalated_cannot_be_escalated_again(
     client: TestClient, api_keys: Keys, database_url: str
 ) -> None:
-    """Escalation happens once: escalating an escalated review is a 409."""
+    """Escalation happens once: escalating an escalated review again, by another reviewer
+    or with another justification, is a 409."""
     rid = await new_review(client, api_keys)
     assert (await decide(client, rid, "escalate", api_keys.auth("reviewer"))).status == 200
-    resp = await decide(client, rid, "escalate", api_keys.auth("reviewer"))
+    resp = await decide(client, rid, "escalate", api_keys.auth("admin"))
     problem = await assert_problem(resp, 409, "already-decided")
     assert problem["current_status"] == "escalated"
+    resp = await client.post(
+        f"/api/reviews/{rid}/decision",
+        json={"decision": "escalate", "justification": "a second opinion"},
+        headers=api_keys.auth("reviewer"),
+    )
+    await assert_problem(resp, 409, "already-decided")
     assert len(await decision_rows(database_url, rid)) == 1
 
 
@@ -230,14 +239,22 @@ async def test_history_is_append_only(client: TestClient, api_keys: Keys, databa
 async def test_concurrent_decisions_one_winner(
     client: TestClient, api_keys: Keys, database_url: str, start: str
 ) -> None:
-    """20 simultaneous final decisions on one review: exactly one 200, nineteen 409, and
-    exactly one final decision stored."""
+    """20 simultaneous, different final decisions on one review: exactly one 200,
+    nineteen 409, and exactly one final decision stored."""
     rid = await new_review(client, api_keys)
     if start == "escalated":
         assert (await decide(client, rid, "escalate", api_keys.auth("reviewer"))).status == 200
     choices = ["approve", "reject", "modify"]
+    # Each body differs (its justification), so none is a replay of the winner.
     responses = await asyncio.gather(
-        *(decide(client, rid, choices[n % 3], api_keys.auth("reviewer")) for n in range(20))
+        *(
+            client.post(
+                f"/api/reviews/{rid}/decision",
+                json={**decision_body(choices[n % 3]), "justification": f"reason {n}"},
+                headers=api_keys.auth("reviewer"),
+            )
+            for n in range(20)
+        )
     )
     statuses = sorted(r.status for r in responses)
     assert statuses == [200] + [409] * 19, statuses

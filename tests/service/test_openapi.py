@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +15,7 @@ from openapi_spec_validator import validate
 
 from service.api.openapi import EXAMPLE_DECISIONS, EXAMPLE_SUBMISSION
 from tests.conftest import Keys
-from tests.service.helpers import submit
+from tests.service.helpers import submission, submit
 
 
 async def document(client: TestClient) -> dict[str, Any]:
@@ -141,3 +143,91 @@ async def test_documented_list_parameters_are_the_enforced_ones(client: TestClie
     page = await (await client.get("/api/reviews", headers=viewer)).json()
     assert len(page["items"]) == limit["default"]
     assert page["next_cursor"]
+
+
+DATABASE_OPERATIONS = {"submit_review", "list_reviews", "review_stats", "get_review", "decide_review"}
+
+
+async def test_failure_responses_are_documented(client: TestClient) -> None:
+    """Every operation documents 500 as a problem; those that use PostgreSQL document 503
+    with a required integer Retry-After; 401 carries WWW-Authenticate."""
+    doc = await document(client)
+    seen = set()
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            if operation["operationId"] == "test_fail":
+                continue
+            assert "500" in responses, (method, path)
+            assert "application/problem+json" in responses["500"]["content"]
+            if operation["operationId"] in DATABASE_OPERATIONS:
+                seen.add(operation["operationId"])
+                unavailable = responses["503"]
+                assert "application/problem+json" in unavailable["content"], (method, path)
+                retry_after = unavailable["headers"]["Retry-After"]
+                assert retry_after["required"] is True
+                assert retry_after["schema"]["type"] == "integer"
+            if "401" in responses:
+                assert responses["401"]["headers"]["WWW-Authenticate"]["required"] is True
+    assert seen == DATABASE_OPERATIONS
+
+
+def request_validator(doc: dict[str, Any], name: str) -> Draft202012Validator:
+    return Draft202012Validator({"$ref": f"#/components/schemas/{name}", "components": doc["components"]})
+
+
+async def test_what_the_document_forbids_the_service_refuses(client: TestClient, api_keys: Keys) -> None:
+    """Hand-made submissions at the edges of what the service takes: for each, the
+    document's own schema and the live service agree (valid <=> 201)."""
+    doc = await document(client)
+    validator = request_validator(doc, "ApvSubmission")
+    deep: Any = "leaf"
+    for _ in range(8):  # details itself is the outermost of 8 nested objects
+        deep = {"k": deep}
+    too_deep: Any = {"k": deep}
+    cases: dict[str, tuple[dict[str, Any], bool]] = {
+        "30-digit integer": ({"wargaming": {"verdict": "v", "details": {"n": 10**30 - 1}}}, True),
+        "31-digit integer": ({"wargaming": {"verdict": "v", "details": {"n": 10**30}}}, False),
+        "float just under 1e30": ({"anomaly_score": 9.99e29}, True),
+        "float 1e30": ({"anomaly_score": 1e30}, False),
+        "NUL in a field": ({"apv_code": "A\u0000"}, False),
+        "NUL in a details key": ({"wargaming": {"verdict": "v", "details": {"a\u0000": 1}}}, False),
+        "NUL in modifications-like free text": ({"wargaming": {"verdict": "v", "details": {"a": ["x\u0000"]}}}, False),
+        "non-ASCII text": ({"apv_code": "\u00e9\U0001f600"}, True),
+        "details 8 deep": ({"wargaming": {"verdict": "v", "details": deep}}, True),
+        "details 9 deep": ({"wargaming": {"verdict": "v", "details": too_deep}}, False),
+    }
+    for name, (changes, valid) in cases.items():
+        body = submission(**changes)
+        assert validator.is_valid(body) is valid, name
+        resp = await client.post(
+            "/api/reviews", data=json.dumps(body), headers={**api_keys.auth("producer"), "Content-Type": "application/json"}
+        )
+        assert (resp.status == 201) is valid, (name, resp.status, await resp.text())
+        if not valid:
+            assert resp.status in (400, 422), (name, resp.status)
+
+
+async def test_documented_cursor_is_the_accepted_one(client: TestClient, api_keys: Keys) -> None:
+    """An issued next_cursor matches the documented pattern; any string of that pattern is
+    accepted; strings outside it are refused with 422."""
+    doc = await document(client)
+    params = {p["name"]: p["schema"] for p in doc["paths"]["/api/reviews"]["get"]["parameters"]}
+    pattern = re.compile(params["cursor"]["pattern"])
+    for _ in range(3):
+        await submit(client, api_keys.auth("producer"))
+    viewer = api_keys.auth("viewer")
+    issued = (await (await client.get("/api/reviews?limit=1", headers=viewer)).json())["next_cursor"]
+    assert pattern.search(issued), issued
+    for cursor, accepted in [
+        (issued, True),
+        ("", True),
+        ("0_" + "0" * 32, True),
+        ("9999999999999999_" + "f" * 32, True),
+        ("1_" + "A" * 32, False),
+        ("12345678901234567_" + "0" * 32, False),
+        ("not-a-cursor", False),
+    ]:
+        assert bool(pattern.search(cursor)) is accepted, cursor
+        resp = await client.get("/api/reviews", params={"cursor": cursor}, headers=viewer)
+        assert (resp.status == 200) is accepted, (cursor, resp.status, await resp.text())
