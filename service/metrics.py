@@ -51,6 +51,7 @@ VALIDATION_DURATION_BUCKETS: Final = (
 )
 WEBHOOK_RESULTS: Final = ("delivered", "failed")
 API_KEYS_RELOAD_RESULTS: Final = ("ok", "error")
+CONNECTION_CAPS: Final = ("total", "per_client")
 # From decision commit to the downstream's 2xx: tens of milliseconds when healthy, up
 # to the 300 s backoff ceiling (and beyond) while the downstream is down.
 DELIVERY_LAG_BUCKETS: Final = (
@@ -129,7 +130,21 @@ class ReviewMetrics:
             "hitl_cache_circuit_opened_total",
             "Times the Redis cache circuit breaker opened after repeated failures.",
         )
+        self.hitl_http_connections_open = metrics.gauge(
+            "hitl_http_connections_open", "Client connections open now (the caps count these)."
+        )
+        self.hitl_http_connections_refused_total = metrics.counter(
+            "hitl_http_connections_refused_total",
+            "Connections refused at accept time (503) because a cap was reached, by cap.",
+        )
+        self.hitl_http_requests_unparsable_total = metrics.counter(
+            "hitl_http_requests_unparsable_total",
+            "Requests aiohttp's HTTP parser refused before any handler ran (4xx problem).",
+        )
         # Closed label sets exist from the first scrape, so rate() works at once.
+        for cap in CONNECTION_CAPS:
+            self.hitl_http_connections_refused_total.set({"cap": cap}, 0)
+        self.hitl_http_requests_unparsable_total.set({}, 0)
         for result in WEBHOOK_RESULTS:
             self.hitl_webhook_deliveries_total.set({"result": result}, 0)
         for result in API_KEYS_RELOAD_RESULTS:
@@ -175,6 +190,16 @@ class ReviewMetrics:
     def record_api_keys_reload(self, *, result: str) -> None:
         require_label(result, API_KEYS_RELOAD_RESULTS, "result")
         self.hitl_api_keys_reload_total.inc({"result": result})
+
+    def record_connection_refused(self, *, cap: str) -> None:
+        require_label(cap, CONNECTION_CAPS, "cap")
+        self.hitl_http_connections_refused_total.inc({"cap": cap})
+
+    def record_request_unparsable(self) -> None:
+        self.hitl_http_requests_unparsable_total.inc({})
+
+    def set_connections_open(self, count: int) -> None:
+        self.hitl_http_connections_open.set({}, count)
 
     def set_api_keys_loaded(self, count: int) -> None:
         self.hitl_api_keys_loaded.set({}, count)

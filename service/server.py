@@ -57,11 +57,13 @@ from typing import Any
 import structlog
 from aiohttp import hdrs, web
 
+import telemetry
 from telemetry import http_title
 
 from . import __version__
 from .config import Settings
-from .keys import DRAIN
+from .keys import DRAIN, REVIEW_METRICS
+from .metrics import ReviewMetrics
 
 log = structlog.get_logger("hitl.server")
 
@@ -163,8 +165,10 @@ class ConnectionLimiter:
         total: int,
         per_client: int = 0,
         problem_type_base: str = "about:blank#",
+        metrics: ReviewMetrics | None = None,
     ) -> None:
         self._server = server
+        self._metrics = metrics
         self._options = options
         self._problem_type_base = problem_type_base
         self._loop = asyncio.get_running_loop()
@@ -203,6 +207,7 @@ class ConnectionLimiter:
             self._server,
             loop=self._loop,
             problem_type_base=self._problem_type_base,
+            metrics=self._metrics,
             **self._options,
         )
 
@@ -212,6 +217,8 @@ class ConnectionLimiter:
 
     def _refuse(self, client: str | None, cap: str) -> bool:
         self._refused += 1
+        if self._metrics is not None:
+            self._metrics.record_connection_refused(cap=cap)
         now = time.monotonic()
         if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL_SECONDS:
             log.warning(
@@ -234,11 +241,19 @@ class ProblemRequestHandler(web.RequestHandler):
     naming the error class only. aiohttp answers text/plain that echoes the offending
     header line (an API key, say) and logs every such request at error level."""
 
-    __slots__ = ("_problem_type_base",)
+    __slots__ = ("_metrics", "_problem_type_base")
 
-    def __init__(self, manager: web.Server, *, problem_type_base: str, **options: Any) -> None:
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        problem_type_base: str,
+        metrics: ReviewMetrics | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(manager, **options)
         self._problem_type_base = problem_type_base
+        self._metrics = metrics
 
     def handle_error(
         self,
@@ -251,6 +266,8 @@ class ProblemRequestHandler(web.RequestHandler):
             return super().handle_error(request, status, exc, message)
         reason = type(exc).__name__ if exc is not None else "BadRequest"
         log.warning("http_request_unparsable", status=status, error=reason, client=request.remote)
+        if self._metrics is not None:
+            self._metrics.record_request_unparsable()
         # The first line of aiohttp's message says what is wrong; the lines after it
         # quote the request's bytes, which are not repeated.
         what = (message or "").split("\n", 1)[0].rstrip(":").strip() or reason
@@ -376,7 +393,14 @@ async def listen(app: web.Application, settings: Settings) -> Listening:
             total=connection_cap(settings.max_connections),
             per_client=settings.max_connections_per_client,
             problem_type_base=settings.telemetry.problem_type_base,
+            metrics=app[REVIEW_METRICS],
         )
+        metrics = app[REVIEW_METRICS]
+
+        async def collect_open_connections() -> None:
+            metrics.set_connections_open(limiter.open)
+
+        app[telemetry.METRICS].add_collector(collect_open_connections)
         listener = await asyncio.get_running_loop().create_server(
             limiter, settings.host, settings.port, reuse_address=True
         )

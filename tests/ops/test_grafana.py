@@ -29,7 +29,8 @@ SERVICE_COUNTERS_AND_GAUGES = {
     "app_exceptions_total", "service_up", "slo_requests_total", "slo_requests_good", "slo_requests_bad",
     "hitl_build_info", "hitl_webhook_outbox_depth", "hitl_webhook_deliveries_total",
     "hitl_tracing_spans_dropped_total", "hitl_webhook_outbox_oldest_pending_seconds",
-    "hitl_cache_circuit_state", "hitl_cache_circuit_opened_total",
+    "hitl_cache_circuit_state", "hitl_cache_circuit_opened_total", "hitl_http_connections_open",
+    "hitl_http_connections_refused_total", "hitl_http_requests_unparsable_total",
 }
 SERVICE_HISTOGRAMS = {
     "http_request_duration_seconds", "http_request_size_bytes", "http_response_size_bytes",

@@ -29,6 +29,7 @@ from service.app import create_app
 from service.config import Settings
 from service.server import LINGER_SECONDS, Listening, listen
 from tests.conftest import Keys
+from tests.prom import Exposition, parse_exposition
 from tests.service.helpers import PROBLEM_BASE, PROBLEM_CONTENT_TYPE, sql, submission
 
 BODY_DEADLINE = 0.5
@@ -261,6 +262,7 @@ async def test_unparsable_request_is_a_problem_that_does_not_echo_the_key(
     logged = "".join(capfd.readouterr())
     assert "http_request_unparsable" in logged  # the line is there, and says no more
     assert api_keys.admin not in logged
+    assert (await scraped(listening)).value("hitl_http_requests_unparsable_total") == 1
 
 
 async def test_declared_oversized_body_is_413_at_once_without_reading_it(
@@ -413,10 +415,14 @@ async def test_connections_over_the_cap_get_503_and_are_closed(serve: Serve) -> 
         assert reply.header("retry-after") == "1" and reply.header("connection") == "close"
         assert await closed_within(reader, 1.0) < 1.0
         await close(writer)
-        # The held connections still work.
+        # The held connections still work, and tell the operator.
         held_reader, held_writer = held[0]
-        held_writer.write(request("GET", "/api/health", []))
-        assert (await asyncio.wait_for(read_reply(held_reader), 2)).status == 200
+        held_writer.write(request("GET", "/metrics", []))
+        metrics = await asyncio.wait_for(read_reply(held_reader), 2)
+        assert metrics.status == 200
+        exposition = parse_exposition(metrics.body.decode())
+        assert exposition.value("hitl_http_connections_refused_total", cap="total") == 1
+        assert exposition.value("hitl_http_connections_open") == 6
         # One leaves: room for one more.
         await close(held_writer)
         held.pop(0)
@@ -442,9 +448,23 @@ async def test_connections_per_client_are_capped_per_address(serve: Serve) -> No
         writer.write(request("GET", "/api/health", []))
         assert (await asyncio.wait_for(read_reply(reader), 2)).status == 200
         await close(writer)
+        exposition = await scraped(listening, client="127.0.0.3")
+        assert exposition.value("hitl_http_connections_refused_total", cap="per_client") == 1
     finally:
         for _, w in held:
             await close(w)
+
+
+async def scraped(listening: Listening, client: str = "127.0.0.1") -> Exposition:
+    """/metrics, from a fresh connection from ``client``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", listening.port, local_addr=(client, 0))
+    try:
+        writer.write(request("GET", "/metrics", []))
+        reply = await asyncio.wait_for(read_reply(reader), 2)
+        assert reply.status == 200
+        return parse_exposition(reply.body.decode())
+    finally:
+        await close(writer)
 
 
 async def _until(condition: Callable[[], bool], seconds: float = 2.0) -> None:
