@@ -12,7 +12,15 @@ from pathlib import Path
 
 import yaml
 
-from .conftest import ROOT, Processes, free_port, http_get, load_module, require_tool
+from .conftest import (
+    ROOT,
+    Processes,
+    free_port,
+    http_get,
+    load_module,
+    require_tool,
+    wait_until_ready,
+)
 
 render = load_module(ROOT / "ops" / "stack" / "render.py", "stack_render")
 
@@ -59,9 +67,12 @@ def test_make_stack_runs_and_stops_cleanly(processes: Processes, tmp_path: Path)
            **{f"STACK_{k}_PORT": str(v) for k, v in ports.items()}}
     prom = f"http://127.0.0.1:{ports['PROMETHEUS']}"
     stack = processes.start("stack", ["bash", "ops/stack/run.sh"], env=env, ready_url=f"{prom}/-/ready", timeout=30)
-    http_get(f"http://127.0.0.1:{ports['ALERTMANAGER']}/-/ready")
-    http_get(f"http://127.0.0.1:{ports['POSTGRES_EXPORTER']}/metrics")
-    http_get(f"http://127.0.0.1:{ports['REDIS_EXPORTER']}/metrics")
+    # run.sh starts them one after the other: Prometheus can be ready while the next
+    # one still binds its port (a CI run here found Alertmanager not listening yet).
+    log = processes.directory / "stack.log"
+    wait_until_ready(f"http://127.0.0.1:{ports['ALERTMANAGER']}/-/ready", stack, log)
+    wait_until_ready(f"http://127.0.0.1:{ports['POSTGRES_EXPORTER']}/metrics", stack, log)
+    wait_until_ready(f"http://127.0.0.1:{ports['REDIS_EXPORTER']}/metrics", stack, log)
 
     rules = json.loads(http_get(f"{prom}/api/v1/rules"))["data"]["groups"]
     assert {"hitl-critical", "hitl-warning", "hitl-deployment", "slo-burn-rate-page"} <= {g["name"] for g in rules}
