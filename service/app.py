@@ -34,6 +34,7 @@ from .keys import (
 )
 from .metrics import ReviewMetrics
 from .outbox import OutboxPolicy, OutboxWorker
+from .retention import OutboxPruner, RetentionPolicy
 from .server import setup_draining
 from .storage.breaker import BreakerPolicy, CircuitBreaker, CircuitState
 from .storage.cache import Cache
@@ -71,6 +72,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(http_client_ctx)
     app.cleanup_ctx.append(review_service_ctx)
     app.cleanup_ctx.append(outbox_ctx)
+    app.cleanup_ctx.append(outbox_retention_ctx)
     app.cleanup_ctx.append(cache_evictions_ctx)
     app.cleanup_ctx.append(api_keys_ctx)
 
@@ -199,6 +201,22 @@ async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:
 
     app[telemetry.METRICS].add_collector(collect_outbox_depth)
     async with background("hitl-outbox", worker.run):
+        yield
+
+
+async def outbox_retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Prune delivered outbox rows past their retention (service/retention.py). Runs
+    even with the webhook off: rows delivered before it was turned off age out too."""
+    settings = app[SETTINGS]
+    pruner = OutboxPruner(
+        OutboxStore(app[DB]),
+        app[REVIEW_METRICS],
+        RetentionPolicy(
+            retention_seconds=settings.outbox_retention_seconds,
+            interval_seconds=settings.outbox_prune_interval_seconds,
+        ),
+    )
+    async with background("hitl-outbox-retention", pruner.run):
         yield
 
 

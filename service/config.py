@@ -91,6 +91,10 @@ class Settings:
     # while its delivery runs, so a killed worker's rows are retried within it.
     webhook_concurrency: int = 8
     webhook_lease_seconds: float = 10.0
+    # Delivered outbox rows are deleted this long after delivery (undelivered ones
+    # never), by a task that runs this often and once shortly after start.
+    outbox_retention_seconds: float = 7 * 86400.0
+    outbox_prune_interval_seconds: float = 3600.0
     cache_stats_interval_seconds: float = 15.0
     enable_test_routes: bool = False
     telemetry: TelemetrySettings = field(default_factory=telemetry_settings)
@@ -225,6 +229,8 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "webhook_poll_seconds": _positive_float,
     "webhook_concurrency": _positive_int,
     "webhook_lease_seconds": _positive_float,
+    "outbox_retention_seconds": _positive_float,
+    "outbox_prune_interval_seconds": _positive_float,
     "cache_stats_interval_seconds": _positive_float,
     "enable_test_routes": _boolean,
 }

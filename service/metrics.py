@@ -141,6 +141,10 @@ class ReviewMetrics:
             "hitl_http_requests_unparsable_total",
             "Requests aiohttp's HTTP parser refused before any handler ran (4xx problem).",
         )
+        self.hitl_webhook_outbox_pruned_total = metrics.counter(
+            "hitl_webhook_outbox_pruned_total",
+            "Delivered decision webhooks deleted from the outbox after their retention.",
+        )
         # Closed label sets exist from the first scrape, so rate() works at once.
         for cap in CONNECTION_CAPS:
             self.hitl_http_connections_refused_total.set({"cap": cap}, 0)
@@ -151,6 +155,7 @@ class ReviewMetrics:
             self.hitl_api_keys_reload_total.set({"result": result}, 0)
         self.hitl_cache_circuit_state.set({}, 0)
         self.hitl_cache_circuit_opened_total.set({}, 0)
+        self.hitl_webhook_outbox_pruned_total.set({}, 0)
         self.hitl_build_info.set(
             metric_labels(
                 version=settings.service_version,
@@ -186,6 +191,9 @@ class ReviewMetrics:
         self.hitl_webhook_deliveries_total.inc({"result": result})
         if lag_seconds is not None:
             self.hitl_webhook_delivery_lag_seconds.observe({}, max(float(lag_seconds), 0.0))
+
+    def record_outbox_pruned(self, rows: int) -> None:
+        self.hitl_webhook_outbox_pruned_total.add({}, rows)
 
     def record_api_keys_reload(self, *, result: str) -> None:
         require_label(result, API_KEYS_RELOAD_RESULTS, "result")

@@ -1,5 +1,5 @@
 """The webhook_outbox table: leasing due rows, renewing leases, marking them delivered,
-rescheduling.
+rescheduling, pruning delivered rows past their retention.
 
 Rows are written by ``ReviewStore.decide`` in the decision's own transaction; the
 delivery worker (service/outbox.py) reads and updates them only through this store.
@@ -88,3 +88,17 @@ class OutboxStore:
             "::float8 AS oldest FROM webhook_outbox WHERE delivered_at IS NULL",
         )
         return (int(row["n"]), float(row["oldest"])) if row else (0, 0.0)
+
+    async def prune_delivered(self, *, older_than_seconds: float, batch: int) -> int:
+        """Delete up to ``batch`` rows delivered more than ``older_than_seconds`` ago, in
+        one short autocommit statement; returns how many. An undelivered row is never
+        deleted, whatever its age, and the decision history (review_decisions) is not
+        touched. Rows another session holds locked are skipped, not waited for."""
+        return await self._db.execute(
+            "prune_outbox_delivered",
+            "DELETE FROM webhook_outbox WHERE delivered_at IS NOT NULL AND id IN ("
+            " SELECT id FROM webhook_outbox WHERE delivered_at IS NOT NULL"
+            " AND delivered_at < now() - make_interval(secs => %s)"
+            " LIMIT %s FOR UPDATE SKIP LOCKED)",
+            (older_than_seconds, batch),
+        )

@@ -152,6 +152,7 @@ CATALOGUE = {
     "hitl_http_requests_unparsable_total": "counter",
     "hitl_webhook_outbox_oldest_pending_seconds": "gauge",
     "hitl_webhook_delivery_lag_seconds": "histogram",
+    "hitl_webhook_outbox_pruned_total": "counter",
     "hitl_cache_circuit_state": "gauge",
     "hitl_cache_circuit_opened_total": "counter",
 }
