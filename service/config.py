@@ -92,6 +92,9 @@ class Settings:
     webhook_concurrency: int = 8
     webhook_lease_seconds: float = 10.0
     cache_stats_interval_seconds: float = 15.0
+    # The backlog gauges are read from PostgreSQL at most this often, however many
+    # scrapers (Prometheus scrapes every 10 s).
+    queue_metrics_interval_seconds: float = 15.0
     enable_test_routes: bool = False
     telemetry: TelemetrySettings = field(default_factory=telemetry_settings)
 
@@ -226,5 +229,6 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "webhook_concurrency": _positive_int,
     "webhook_lease_seconds": _positive_float,
     "cache_stats_interval_seconds": _positive_float,
+    "queue_metrics_interval_seconds": _positive_float,
     "enable_test_routes": _boolean,
 }
