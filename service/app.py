@@ -19,6 +19,7 @@ from .api.problems import APP_ERROR_LABELS, problem_for
 from .auth import ApiKeys
 from .background import Stopping, background
 from .config import Settings
+from .domain.queue import QueueMonitor
 from .domain.reviews import ReviewPolicy, ReviewService
 from .keyreload import api_keys_ctx
 from .keys import (
@@ -161,14 +162,20 @@ async def review_service_ctx(app: web.Application) -> AsyncIterator[None]:
         stats_cache_ttl_seconds=settings.stats_cache_ttl_seconds,
         notify_decisions=settings.decision_webhook_url is not None,
     )
+    store = ReviewStore(app[DB])
     app[REVIEWS] = ReviewService(
-        ReviewStore(app[DB]),
+        store,
         app[CACHE],
         app[REVIEW_METRICS],
         policy,
         trace_carrier=telemetry.context_carrier,
     )
+    queue = QueueMonitor(
+        store, app[REVIEW_METRICS], interval_seconds=settings.queue_metrics_interval_seconds
+    )
+    app[telemetry.METRICS].add_collector(queue.refresh)
     yield
+    await queue.close()
 
 
 async def outbox_ctx(app: web.Application) -> AsyncIterator[None]:

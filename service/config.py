@@ -96,6 +96,9 @@ class Settings:
     outbox_retention_seconds: float = 7 * 86400.0
     outbox_prune_interval_seconds: float = 3600.0
     cache_stats_interval_seconds: float = 15.0
+    # The backlog gauges are read from PostgreSQL at most this often, however many
+    # scrapers (Prometheus scrapes every 10 s).
+    queue_metrics_interval_seconds: float = 15.0
     enable_test_routes: bool = False
     telemetry: TelemetrySettings = field(default_factory=telemetry_settings)
 
@@ -232,5 +235,6 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "outbox_retention_seconds": _positive_float,
     "outbox_prune_interval_seconds": _positive_float,
     "cache_stats_interval_seconds": _positive_float,
+    "queue_metrics_interval_seconds": _positive_float,
     "enable_test_routes": _boolean,
 }

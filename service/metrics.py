@@ -9,9 +9,12 @@ buckets are the seed's contract (docs/metrics.md).
 from __future__ import annotations
 
 import platform
+from collections.abc import Mapping
 from typing import Final
 
 from telemetry import Metrics, TelemetrySettings, metric_labels, require_label
+
+from .domain.queue import QUEUE_LABEL_SETS, Backlog, QueueKey
 
 # A human decides: seconds (a quick approve) to a week (an escalation left over a
 # weekend). 60 s is a bound because the SlowReviewDecisions alert is "P95 > 60s".
@@ -145,6 +148,18 @@ class ReviewMetrics:
             "hitl_webhook_outbox_pruned_total",
             "Delivered decision webhooks deleted from the outbox after their retention.",
         )
+        # The shared queue, read from PostgreSQL: every replica reports the same
+        # values, so dashboards and alerts aggregate these with max, never sum.
+        self.review_queue_pending = metrics.gauge(
+            "review_queue_pending",
+            "Reviews waiting for a human, by severity and open status (pending, escalated).",
+        )
+        self.review_queue_oldest_pending_seconds = metrics.gauge(
+            "review_queue_oldest_pending_seconds",
+            "Age in seconds of the oldest review waiting, by severity and open status "
+            "(0 when none waits).",
+        )
+        self.set_review_queue({key: Backlog() for key in QUEUE_LABEL_SETS})
         # Closed label sets exist from the first scrape, so rate() works at once.
         for cap in CONNECTION_CAPS:
             self.hitl_http_connections_refused_total.set({"cap": cap}, 0)
@@ -214,6 +229,13 @@ class ReviewMetrics:
 
     def set_outbox_oldest_pending(self, seconds: float) -> None:
         self.hitl_webhook_outbox_oldest_pending_seconds.set({}, max(float(seconds), 0.0))
+
+    def set_review_queue(self, backlog: Mapping[QueueKey, Backlog]) -> None:
+        """Publish the backlog of every (severity, status) the mapping holds."""
+        for (severity, status), entry in backlog.items():
+            labels = metric_labels(severity=severity, status=status)
+            self.review_queue_pending.set(labels, entry.count)
+            self.review_queue_oldest_pending_seconds.set(labels, max(entry.oldest_seconds, 0.0))
 
     def set_cache_circuit_state(self, state: int, *, opened: bool) -> None:
         """``state``: 0 closed, 1 open, 2 half-open; ``opened`` counts a transition to open."""

@@ -127,6 +127,13 @@ class ReviewRepository(Protocol):
         oldest_pending_age."""
         ...
 
+    async def queue_backlog(self) -> list[Row]:
+        """One row per (severity, status) with reviews in an open state (pending,
+        escalated): severity, status, count, oldest_seconds (age of the oldest). Reads
+        only open reviews, through their index: the cost follows the backlog, not the
+        history."""
+        ...
+
 
 class ReviewCache(Protocol):
     """A cache that may fail: reads then answer None and writes do nothing."""

@@ -360,6 +360,21 @@ class ReviewStore:
         return row
 
 
+    async def queue_backlog(self) -> list[Row]:
+        # At most 4 severities x 2 states; reviews_open_queue_idx (0006) holds only
+        # open reviews, so this reads the backlog, never the decided history.
+        return await self.db.fetchall(
+            "select_queue_backlog",
+            """
+            SELECT severity, status, count(*) AS count,
+                   extract(epoch FROM now() - min(created_at))::float8 AS oldest_seconds
+            FROM reviews
+            WHERE status IN ('pending', 'escalated')
+            GROUP BY severity, status
+            """,
+        )
+
+
 def _prefixed_columns(alias: str) -> str:
     columns = [c.strip() for c in _REVIEW_COLUMNS.replace("\n", " ").split(",")]
     out = []

@@ -31,6 +31,7 @@ SERVICE_COUNTERS_AND_GAUGES = {
     "hitl_tracing_spans_dropped_total", "hitl_webhook_outbox_oldest_pending_seconds",
     "hitl_cache_circuit_state", "hitl_cache_circuit_opened_total", "hitl_http_connections_open",
     "hitl_http_connections_refused_total", "hitl_http_requests_unparsable_total",
+    "review_queue_pending", "review_queue_oldest_pending_seconds",
 }
 SERVICE_HISTOGRAMS = {
     "http_request_duration_seconds", "http_request_size_bytes", "http_response_size_bytes",
@@ -66,6 +67,7 @@ SEED_PANELS = {
 THRESHOLD_LINES = {
     ("hitl-overview.json", "Latency Percentiles"): {0.5, 1},
     ("hitl-overview.json", "Error Rate (5xx)"): {0.005, 0.01},
+    ("hitl-overview.json", "Oldest Open Review"): {3600, 7200},
     ("hitl-slo.json", "Latency Percentiles"): {0.5},
     ("hitl-slo.json", "Error Rate Breakdown"): {0.001},
     ("hitl-slo.json", "Availability Trend"): {0.999},

@@ -155,6 +155,8 @@ CATALOGUE = {
     "hitl_webhook_outbox_pruned_total": "counter",
     "hitl_cache_circuit_state": "gauge",
     "hitl_cache_circuit_opened_total": "counter",
+    "review_queue_pending": "gauge",
+    "review_queue_oldest_pending_seconds": "gauge",
 }
 
 
