@@ -36,6 +36,7 @@ ROUTES = [
     ({"alertname": "ElevatedErrorRate", "severity": "warning", "category": "http"}, "slack-warnings"),
     ({"alertname": "LowCacheHitRatio", "severity": "warning", "category": "cache"}, "slack-warnings"),
     ({"alertname": "SlowReviewDecisions", "severity": "info", "category": "business"}, "email-info"),
+    ({"alertname": "ReviewSubmissionRateAnomaly", "severity": "warning", "category": "anomaly"}, "slack-warnings"),
     ({"alertname": "AvailabilitySLOBreach", "severity": "critical", "category": "slo"}, "slo-pagerduty-slack"),
     ({"alertname": "ErrorBudgetLow", "severity": "warning", "category": "slo"}, "slo-pagerduty-slack"),
     ({"alertname": "AvailabilityErrorBudgetBurn", "severity": "critical", "category": "slo", "burn_window": "1h"},

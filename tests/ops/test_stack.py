@@ -75,7 +75,9 @@ def test_make_stack_runs_and_stops_cleanly(processes: Processes, tmp_path: Path)
     wait_until_ready(f"http://127.0.0.1:{ports['REDIS_EXPORTER']}/metrics", stack, log)
 
     rules = json.loads(http_get(f"{prom}/api/v1/rules"))["data"]["groups"]
-    assert {"hitl-critical", "hitl-warning", "hitl-deployment", "slo-burn-rate-page"} <= {g["name"] for g in rules}
+    assert {"hitl-critical", "hitl-warning", "hitl-deployment", "slo-burn-rate-page", "hitl-anomaly"} <= {
+        g["name"] for g in rules
+    }
     # The exporters are scraped and up (at 1 s here instead of the compose 30 s).
     deadline = time.monotonic() + 20
     health: dict[str, str] = {}
