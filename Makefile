@@ -9,7 +9,7 @@ HITL_PORT ?= 8000
 HITL_API_KEYS_FILE ?= $(CURDIR)/.local/api-keys.json
 export HITL_HOST HITL_PORT HITL_API_KEYS_FILE
 
-.PHONY: run test bench stack rules lint typecheck tools services lock clean
+.PHONY: run test bench bench-queue stack rules lint typecheck tools services lock clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,14 @@ bench: $(VENV)/.installed-bench services
 	$(PY) -m tests.benchmarks.run $(BENCH_ARGS) \
 	  $(if $(PROFILE),--profile $(if $(filter 1,$(PROFILE)),sample100,$(PROFILE))) \
 	  '--invoked-as=make bench$(if $(BENCH_ARGS), BENCH_ARGS="$(BENCH_ARGS)")$(if $(PROFILE), PROFILE=$(PROFILE))'
+
+## Issue 14: list, get and stats latencies at 1,000 and 1,000,000 reviews, seeded in
+## throwaway databases, Redis unreachable (~2-3 min; not part of `make test`). Prints a
+## table for docs/benchmarks.md; QUEUE_ARGS passes options
+## (`$(PY) -m tests.benchmarks.queue_scale --help`), e.g. QUEUE_ARGS=--shape=uniform.
+QUEUE_ARGS ?=
+bench-queue: $(VENV)/.installed services
+	$(PY) -m tests.benchmarks.queue_scale --markdown $(QUEUE_ARGS)
 
 # The bench extra on top of dev; rebuilt whenever the dev install is.
 $(VENV)/.installed-bench: $(VENV)/.installed

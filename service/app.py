@@ -160,6 +160,7 @@ async def review_service_ctx(app: web.Application) -> AsyncIterator[None]:
         anomaly_threshold=settings.anomaly_threshold,
         review_cache_ttl_seconds=settings.review_cache_ttl_seconds,
         stats_cache_ttl_seconds=settings.stats_cache_ttl_seconds,
+        stats_window_seconds=settings.stats_window_seconds,
         notify_decisions=settings.decision_webhook_url is not None,
     )
     store = ReviewStore(app[DB])

@@ -67,6 +67,9 @@ class Settings:
     db_connect_deadline_seconds: float = 30.0
     review_cache_ttl_seconds: int = 300
     stats_cache_ttl_seconds: int = 5
+    # Time to decision and decisions by type in GET /api/reviews/stats cover the
+    # decisions of this many seconds before now, so their cost does not grow with history.
+    stats_window_seconds: int = 7 * 24 * 3600
     max_body_bytes: int = 1024 * 1024
     # Hostile clients (service/server.py): a body must arrive whole within this; an
     # idle keep-alive connection, and the headers of the next request, within
@@ -217,6 +220,7 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "db_connect_deadline_seconds": _positive_float,
     "review_cache_ttl_seconds": _positive_int,
     "stats_cache_ttl_seconds": _positive_int,
+    "stats_window_seconds": _positive_int,
     "max_body_bytes": _positive_int,
     "body_read_timeout_seconds": _positive_float,
     "keepalive_timeout_seconds": _positive_float,

@@ -258,6 +258,11 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "operationId": "review_stats",
             "summary": "Queue statistics (role: viewer)",
+            "description": (
+                "The open reviews (counts by severity, escalated, oldest age), and the"
+                " decisions of the last `window_seconds` (counts by type, time to"
+                " decision median and p95)."
+            ),
             "security": SECURED,
             "responses": {
                 "200": {
@@ -265,6 +270,7 @@ PATHS: dict[str, dict[str, Any]] = {
                     "content": _json(
                         _ref("Stats"),
                         {
+                            "window_seconds": 604800,
                             "pending_by_severity": {
                                 "critical": 1,
                                 "high": 4,

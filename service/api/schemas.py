@@ -290,6 +290,7 @@ REVIEW_PAGE = {
 STATS = {
     "type": "object",
     "required": [
+        "window_seconds",
         "pending_by_severity",
         "escalated",
         "decisions_by_type",
@@ -297,17 +298,28 @@ STATS = {
         "oldest_pending_age_seconds",
     ],
     "properties": {
+        "window_seconds": {
+            "type": "integer",
+            "minimum": 1,
+            "description": (
+                "decisions_by_type and time_to_decision_seconds cover the decisions of"
+                " this many seconds before now (HITL_STATS_WINDOW_SECONDS)"
+            ),
+        },
         "pending_by_severity": {
             "type": "object",
+            "description": "open reviews (pending and escalated) by severity, all of them",
             "properties": {s: {"type": "integer"} for s in SEVERITIES},
         },
         "escalated": {"type": "integer"},
         "decisions_by_type": {
             "type": "object",
+            "description": "decisions made within the window, by type",
             "properties": {d: {"type": "integer"} for d in DECISIONS},
         },
         "time_to_decision_seconds": {
             "type": "object",
+            "description": "submission to final decision, of reviews decided in the window",
             "properties": {
                 "median": {"type": ["number", "null"]},
                 "p95": {"type": ["number", "null"]},

@@ -122,9 +122,11 @@ class ReviewRepository(Protocol):
         different request) or AlreadyDecided; then nothing is written."""
         ...
 
-    async def stats(self) -> Row:
-        """pending_by_severity, escalated, decisions_by_type, ttd_median, ttd_p95,
-        oldest_pending_age."""
+    async def stats(self, *, window_seconds: int) -> Row:
+        """pending_by_severity, escalated and oldest_pending_age of the open reviews;
+        decisions_by_type, ttd_median and ttd_p95 of the decisions made in the last
+        ``window_seconds``. Its cost follows the open reviews and the window, not the
+        history."""
         ...
 
     async def queue_backlog(self) -> list[Row]:

@@ -32,6 +32,7 @@ class ReviewPolicy:
     anomaly_threshold: float
     review_cache_ttl_seconds: int
     stats_cache_ttl_seconds: int
+    stats_window_seconds: int
     notify_decisions: bool
 
 
@@ -153,8 +154,10 @@ class ReviewService:
         cached = await self.cache.get_json(key)
         if cached is not None:
             return dict(cached)
-        row = await self.store.stats()
+        window = self.policy.stats_window_seconds
+        row = await self.store.stats(window_seconds=window)
         stats = {
+            "window_seconds": window,
             "pending_by_severity": {
                 s.value: int(row["pending_by_severity"].get(s.value, 0)) for s in Severity
             },

@@ -30,6 +30,40 @@ _RECORD_COLUMNS = (
 )
 
 
+# Every subquery reads one index of 0005_stats_indexes.sql: the open reviews' partial
+# index, or the decision-time indexes from the window's start (%(window)s seconds ago),
+# so nothing here reads the decided history before the window.
+STATS_SQL = """
+WITH open_counts AS MATERIALIZED (
+  SELECT status, severity, count(*) AS n FROM reviews
+  WHERE status IN ('pending', 'escalated') GROUP BY status, severity
+), ttd AS (
+  SELECT extract(epoch FROM r.decided_at - r.created_at) AS seconds
+  FROM reviews r
+  WHERE r.decided_at IS NOT NULL
+    AND r.decided_at >= now() - %(window)s * interval '1 second'
+)
+SELECT
+  (SELECT coalesce(jsonb_object_agg(severity, n), '{}'::jsonb) FROM (
+     SELECT severity, sum(n) AS n FROM open_counts GROUP BY severity) s
+  ) AS pending_by_severity,
+  (SELECT coalesce(sum(n), 0) FROM open_counts
+   WHERE status = 'escalated') AS escalated,
+  (SELECT coalesce(jsonb_object_agg(decision, n), '{}'::jsonb) FROM (
+     SELECT decision, count(*) AS n FROM review_decisions
+     WHERE decided_at >= now() - %(window)s * interval '1 second'
+     GROUP BY decision) d
+  ) AS decisions_by_type,
+  ttd_percentiles[1] AS ttd_median,
+  ttd_percentiles[2] AS ttd_p95,
+  (SELECT extract(epoch FROM now() - min(created_at)) FROM reviews
+   WHERE status IN ('pending', 'escalated')) AS oldest_pending_age
+-- Both percentiles from one sort of the window's times to decision.
+FROM (SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY seconds)
+      AS ttd_percentiles FROM ttd) p
+"""
+
+
 class ReviewStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -333,28 +367,11 @@ class ReviewStore:
             ),
         )
 
-    async def stats(self) -> Row:
+    async def stats(self, *, window_seconds: int) -> Row:
         row = await self.db.fetchone(
             "select_stats",
-            """
-            SELECT
-              (SELECT coalesce(jsonb_object_agg(severity, n), '{}'::jsonb) FROM (
-                 SELECT severity, count(*) AS n FROM reviews
-                 WHERE status IN ('pending', 'escalated') GROUP BY severity) s
-              ) AS pending_by_severity,
-              (SELECT count(*) FROM reviews WHERE status = 'escalated') AS escalated,
-              (SELECT coalesce(jsonb_object_agg(decision, n), '{}'::jsonb) FROM (
-                 SELECT decision, count(*) AS n FROM review_decisions GROUP BY decision) d
-              ) AS decisions_by_type,
-              (SELECT percentile_cont(0.5) WITHIN GROUP (
-                 ORDER BY extract(epoch FROM decided_at - created_at))
-               FROM reviews WHERE decided_at IS NOT NULL) AS ttd_median,
-              (SELECT percentile_cont(0.95) WITHIN GROUP (
-                 ORDER BY extract(epoch FROM decided_at - created_at))
-               FROM reviews WHERE decided_at IS NOT NULL) AS ttd_p95,
-              (SELECT extract(epoch FROM now() - min(created_at)) FROM reviews
-               WHERE status IN ('pending', 'escalated')) AS oldest_pending_age
-            """,
+            STATS_SQL,
+            {"window": window_seconds},
         )
         assert row is not None
         return row

@@ -5,7 +5,10 @@ from __future__ import annotations
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import Keys
+from tests.service.conftest import MakeClient
 from tests.service.helpers import decide, sql, submit
+
+WEEK = 7 * 24 * 3600
 
 
 async def stats(client: TestClient, keys: Keys) -> dict[str, object]:
@@ -17,6 +20,7 @@ async def stats(client: TestClient, keys: Keys) -> dict[str, object]:
 async def test_empty_queue(client: TestClient, api_keys: Keys) -> None:
     """No reviews: zero counts and no ages or percentiles."""
     assert await stats(client, api_keys) == {
+        "window_seconds": WEEK,
         "pending_by_severity": {"critical": 0, "high": 0, "medium": 0, "low": 0},
         "escalated": 0,
         "decisions_by_type": {"approve": 0, "reject": 0, "modify": 0, "escalate": 0},
@@ -79,3 +83,58 @@ async def test_new_submission_shows_in_stats_at_once(client: TestClient, api_key
     await submit(client, api_keys.auth("producer"), severity="low", cvss_score=1.0)
     result = await stats(client, api_keys)
     assert result["pending_by_severity"] == {"critical": 0, "high": 0, "medium": 0, "low": 1}
+
+
+async def age_decision(database_url: str, review_id: str, seconds: int) -> None:
+    """Move a review's final decision ``seconds`` into the past: the review's times and
+    its decision records (append-only, so the trigger is bypassed for this session)."""
+    await sql(
+        database_url,
+        "SET session_replication_role = replica;"
+        " UPDATE review_decisions SET decided_at = decided_at - %s * interval '1 second'"
+        " WHERE review_id = %s;"
+        " UPDATE reviews SET decided_at = decided_at - %s * interval '1 second',"
+        " created_at = created_at - %s * interval '1 second' WHERE id = %s",
+        (seconds, review_id, seconds, seconds, review_id),
+    )
+
+
+async def test_decisions_older_than_the_window_are_not_counted(
+    client: TestClient, api_keys: Keys, database_url: str
+) -> None:
+    """A decision made more than the window (7 days by default) ago counts neither in
+    decisions_by_type nor in time to decision; one made inside it does."""
+    producer, reviewer = api_keys.auth("producer"), api_keys.auth("reviewer")
+    old, recent = await submit(client, producer), await submit(client, producer)
+    assert (await decide(client, old["id"], "reject", reviewer)).status == 200
+    assert (await decide(client, recent["id"], "approve", reviewer)).status == 200
+    await age_decision(database_url, old["id"], WEEK + 60)
+    await sql(database_url, "UPDATE reviews SET created_at = decided_at - interval '50 seconds'"
+              " WHERE id = %s", (recent["id"],))
+
+    result = await stats(client, api_keys)
+    assert result["window_seconds"] == WEEK
+    assert result["decisions_by_type"] == {"approve": 1, "reject": 0, "modify": 0, "escalate": 0}
+    assert result["time_to_decision_seconds"] == {"median": 50.0, "p95": 50.0}
+
+
+async def test_window_setting_is_honoured(
+    make_client: MakeClient, api_keys: Keys, database_url: str
+) -> None:
+    """HITL_STATS_WINDOW_SECONDS=3600: a decision two hours old is outside the window,
+    one ten minutes old inside, and the response says the window."""
+    app_client = await make_client(stats_window_seconds=3600)
+    producer, reviewer = api_keys.auth("producer"), api_keys.auth("reviewer")
+    two_hours, ten_minutes = await submit(app_client, producer), await submit(app_client, producer)
+    assert (await decide(app_client, two_hours["id"], "modify", reviewer)).status == 200
+    assert (await decide(app_client, ten_minutes["id"], "escalate", reviewer)).status == 200
+    await age_decision(database_url, two_hours["id"], 7200)
+    await age_decision(database_url, ten_minutes["id"], 600)
+
+    result = await stats(app_client, api_keys)
+    assert result["window_seconds"] == 3600
+    assert result["decisions_by_type"] == {"approve": 0, "reject": 0, "modify": 0, "escalate": 1}
+    assert result["time_to_decision_seconds"] == {"median": None, "p95": None}
+    # The open reviews are counted whatever their age: the escalated one is still open.
+    assert result["escalated"] == 1
+    assert result["pending_by_severity"] == {"critical": 0, "high": 1, "medium": 0, "low": 0}
