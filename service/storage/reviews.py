@@ -35,8 +35,8 @@ _RECORD_COLUMNS = (
 # so nothing here reads the decided history before the window.
 STATS_SQL = """
 WITH open_counts AS MATERIALIZED (
-  SELECT status, severity, count(*) AS n FROM reviews
-  WHERE status IN ('pending', 'escalated') GROUP BY status, severity
+  -- Maintained by a trigger on reviews (0008): eight rows, whatever the backlog.
+  SELECT status, severity, n FROM review_queue_counts WHERE n > 0
 ), ttd AS (
   SELECT extract(epoch FROM r.decided_at - r.created_at) AS seconds
   FROM reviews r
@@ -378,16 +378,20 @@ class ReviewStore:
 
 
     async def queue_backlog(self) -> list[Row]:
-        # At most 4 severities x 2 states; reviews_open_queue_idx (0006) holds only
-        # open reviews, so this reads the backlog, never the decided history.
+        # At most 4 severities x 2 states: the counts kept by the trigger of 0008, and
+        # each label set's oldest review as the first entry of reviews_open_queue_idx
+        # (0006) — neither the backlog nor the decided history is scanned.
         return await self.db.fetchall(
             "select_queue_backlog",
             """
-            SELECT severity, status, count(*) AS count,
-                   extract(epoch FROM now() - min(created_at))::float8 AS oldest_seconds
-            FROM reviews
-            WHERE status IN ('pending', 'escalated')
-            GROUP BY severity, status
+            SELECT c.severity, c.status, c.n AS count,
+                   extract(epoch FROM now() - o.oldest)::float8 AS oldest_seconds
+            FROM review_queue_counts c
+            CROSS JOIN LATERAL (
+              SELECT min(r.created_at) AS oldest FROM reviews r
+              WHERE r.status = c.status AND r.severity = c.severity
+            ) o
+            WHERE c.n > 0
             """,
         )
 

@@ -138,3 +138,51 @@ async def test_window_setting_is_honoured(
     # The open reviews are counted whatever their age: the escalated one is still open.
     assert result["escalated"] == 1
     assert result["pending_by_severity"] == {"critical": 0, "high": 1, "medium": 0, "low": 0}
+
+
+async def _counted(database_url: str) -> dict[tuple[str, str], int]:
+    rows = await sql(database_url, "SELECT status, severity, n FROM review_queue_counts")
+    return {(status, severity): int(n) for status, severity, n in rows}
+
+
+async def _actual(database_url: str) -> dict[tuple[str, str], int]:
+    rows = await sql(
+        database_url,
+        "SELECT s.status, v.severity, count(r.id)"
+        " FROM (VALUES ('pending'), ('escalated')) s (status)"
+        " CROSS JOIN (VALUES ('critical'), ('high'), ('medium'), ('low')) v (severity)"
+        " LEFT JOIN reviews r ON r.status = s.status AND r.severity = v.severity"
+        " GROUP BY 1, 2",
+    )
+    return {(status, severity): int(n) for status, severity, n in rows}
+
+
+async def test_open_counts_follow_every_change(
+    client: TestClient, api_keys: Keys, database_url: str
+) -> None:
+    """The counts stats reads (review_queue_counts, kept by a trigger) equal a count of
+    the reviews after submissions, escalations, final decisions, a conflicting decision
+    that changes nothing, a direct delete, and a truncate."""
+    producer, reviewer = api_keys.auth("producer"), api_keys.auth("reviewer")
+    ids = [
+        str((await submit(client, producer, severity=severity))["id"])
+        for severity in ("critical", "critical", "high", "medium", "low", "low")
+    ]
+    assert await _counted(database_url) == await _actual(database_url)
+    assert (await _counted(database_url))[("pending", "critical")] == 2
+    assert (await decide(client, ids[0], "escalate", reviewer)).status == 200
+    assert (await decide(client, ids[1], "approve", reviewer)).status == 200
+    assert (await decide(client, ids[0], "reject", reviewer)).status == 200
+    assert (await decide(client, ids[2], "escalate", reviewer)).status == 200
+    assert (await decide(client, ids[1], "reject", reviewer)).status == 409  # nothing changes
+    counted = await _counted(database_url)
+    assert counted == await _actual(database_url)
+    assert counted[("pending", "critical")] == 0 and counted[("escalated", "high")] == 1
+    body = await stats(client, api_keys)
+    assert body["pending_by_severity"] == {"critical": 0, "high": 1, "medium": 1, "low": 2}
+    assert body["escalated"] == 1
+    await sql(database_url, "DELETE FROM validation_results WHERE review_id = %s", (ids[5],))
+    await sql(database_url, "DELETE FROM reviews WHERE id = %s", (ids[5],))
+    assert await _counted(database_url) == await _actual(database_url)
+    await sql(database_url, "TRUNCATE webhook_outbox, validation_results, review_decisions, reviews")
+    assert set((await _counted(database_url)).values()) == {0}
