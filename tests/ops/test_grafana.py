@@ -68,6 +68,7 @@ THRESHOLD_LINES = {
     ("hitl-overview.json", "Latency Percentiles"): {0.5, 1},
     ("hitl-overview.json", "Error Rate (5xx)"): {0.005, 0.01},
     ("hitl-overview.json", "Oldest Open Review"): {3600, 7200},
+    ("hitl-overview.json", "Anomaly Z-Scores"): {-3, 3},
     ("hitl-slo.json", "Latency Percentiles"): {0.5},
     ("hitl-slo.json", "Error Rate Breakdown"): {0.001},
     ("hitl-slo.json", "Availability Trend"): {0.999},
