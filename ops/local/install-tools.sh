@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test-suite drives: promtool/Prometheus,
-# Alertmanager/amtool, the exporters, docker-compose (config validation only) and
-# python3-venv (the packaging test installs the wheel with the pip Debian's venv ships).
+# Alertmanager/amtool, the exporters, docker-compose (config validation only),
+# python3-venv (the packaging test installs the wheel with the pip Debian's venv ships),
+# HAProxy and VictoriaMetrics (replicas and long-term storage, issue 12), and Chromium
+# with its WebDriver (the reviewer console's browser tests, issue 13).
 # Idempotent and quick when everything is present. The packages' init scripts are
 # kept from starting daemons: tests start their own processes on free loopback ports.
 set -euo pipefail
@@ -13,6 +15,10 @@ command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 [ -x /usr/bin/prometheus-postgres-exporter ] || need+=(prometheus-postgres-exporter)
 [ -x /usr/bin/prometheus-redis-exporter ] || need+=(prometheus-redis-exporter)
 [ -x /usr/bin/prometheus-node-exporter ] || need+=(prometheus-node-exporter)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+[ -x /usr/bin/victoria-metrics ] || need+=(victoria-metrics)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 # python3-venv brings ensurepip's bundled pip (python3-pip-whl) for /usr/bin/python3.
 dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q 'install ok installed' \
   || need+=(python3-venv)
