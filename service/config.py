@@ -103,6 +103,11 @@ class Settings:
     # scrapers (Prometheus scrapes every 10 s).
     queue_metrics_interval_seconds: float = 15.0
     enable_test_routes: bool = False
+    # The reviewer console (/console/): how long a sign-in lasts, and the base URLs its
+    # queue-health page links to (Grafana's dashboards, Jaeger's trace search).
+    console_session_ttl_seconds: int = 8 * 3600
+    console_grafana_url: str = "http://127.0.0.1:3000"
+    console_jaeger_url: str = "http://127.0.0.1:16686"
     telemetry: TelemetrySettings = field(default_factory=telemetry_settings)
 
     @classmethod
@@ -201,6 +206,13 @@ def _http_url(raw: str) -> str:
     return raw
 
 
+def _base_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("an http(s) base URL like https://grafana.example.com")
+    return raw.rstrip("/")
+
+
 # Every field but ``telemetry`` is read from HITL_<FIELD NAME IN CAPITALS> with its
 # parser; a parser's ValueError message says what the value should look like.
 PARSERS: dict[str, Callable[[str], object]] = {
@@ -241,4 +253,7 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "cache_stats_interval_seconds": _positive_float,
     "queue_metrics_interval_seconds": _positive_float,
     "enable_test_routes": _boolean,
+    "console_session_ttl_seconds": _positive_int,
+    "console_grafana_url": _base_url,
+    "console_jaeger_url": _base_url,
 }
