@@ -10,11 +10,14 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from service import keyfile
 from service.app import create_app
 from service.config import Settings
+from service.console.sessions import session_holder
+from service.domain.errors import Unauthenticated
 from service.keys import API_KEYS
 from tests.conftest import Keys
 from tests.service.helpers import sql
@@ -236,3 +239,28 @@ async def test_expired_sessions_are_refused_and_pruned(
     await signed_in(api_keys.viewer)
     rows = await sql(database_url, "SELECT data->>'name' FROM console_sessions")
     assert rows == [("viewer-bot",)]
+
+
+async def test_session_holder_authorises_a_request_outside_the_console_app(
+    aiohttp_client: object, settings: Settings, api_keys: Keys, console_sessions_table: None
+) -> None:
+    """The check the live-updates endpoint (on the parent app, where the console's
+    middlewares do not run) uses: the session cookie's user, or 401."""
+    app = create_app(settings)
+
+    async def probe(request: web.Request) -> web.Response:
+        try:
+            user = await session_holder(request)
+        except Unauthenticated:
+            return web.Response(status=401)
+        return web.Response(text=f"{user.name} ({user.role})")
+
+    app.router.add_get("/console/probe", probe)
+    client: TestClient = await aiohttp_client(app)  # type: ignore[operator]
+    assert (await client.get("/console/probe")).status == 401
+    assert (await sign_in(client, api_keys.viewer)).status == 303
+    resp = await client.get("/console/probe")
+    assert (resp.status, await resp.text()) == (200, "viewer-bot (viewer)")
+    page = await (await client.get("/console/queue")).text()
+    await client.post("/console/sign-out", data={"csrf_token": csrf_token(page)})
+    assert (await client.get("/console/probe")).status == 401
