@@ -176,6 +176,23 @@ async def test_reject_needs_a_justification(
     assert stored["decisions"][0]["justification"] == "Breaks the ABI.\nSee #12."
 
 
+async def test_a_too_long_justification_is_refused_without_echoing_it(
+    signed_in: SignedIn, client: TestClient, api_keys: Keys
+) -> None:
+    """The API's length limit holds in the form too, and the message does not quote
+    the 10 kB it refuses."""
+    review = await submit(client, api_keys.auth("producer"))
+    reviewer = await signed_in(api_keys.reviewer)
+    text = "why " * 2600
+    status, page, _ = await post_decision(
+        reviewer, review["id"], decision="reject", justification=text
+    )
+    assert status == 422
+    assert element_text(page, "form-errors") == "The justification is too long."
+    assert page.count(text.strip()) == 1  # only in the textarea given back
+    assert (await api_review(client, api_keys, review["id"]))["status"] == "pending"
+
+
 async def test_no_decision_chosen_is_a_422_with_words(
     signed_in: SignedIn, client: TestClient, api_keys: Keys
 ) -> None:
