@@ -282,3 +282,27 @@ async def test_session_holder_authorises_a_request_outside_the_console_app(
     page = await (await client.get("/console/queue")).text()
     await client.post("/console/sign-out", data={"csrf_token": csrf_token(page)})
     assert (await client.get("/console/probe")).status == 401
+
+
+async def test_a_link_from_another_site_reloads_from_this_one(
+    signed_in: SignedIn, api_keys: Keys
+) -> None:
+    """A cross-site navigation carries no SameSite=Strict cookie: instead of the sign-in
+    form, a page that reloads the same address from this site (which sends it)."""
+    client = await signed_in(api_keys.reviewer)
+    target = "/console/queue?severity=high"
+    cookie = client.session.cookie_jar.filter_cookies(client.make_url("/console/"))["hitl_session"]
+    client.session.cookie_jar.clear()  # what the browser leaves out of a cross-site request
+    resp = await client.get(target, headers={"Sec-Fetch-Site": "cross-site"}, allow_redirects=False)
+    page = await resp.text()
+    assert resp.status == 200
+    assert '<meta http-equiv="refresh" content="0; url=/console/queue?severity=high">' in page
+    assert 'id="whoami"' not in page
+    # The reload comes from this site, with the cookie: the page itself.
+    again = await client.get(
+        target,
+        headers={"Sec-Fetch-Site": "same-origin", "Cookie": f"hitl_session={cookie.value}"},
+        allow_redirects=False,
+    )
+    assert again.status == 200
+    assert element_text(await again.text(), "whoami") == "reviewer-bot (reviewer)"
