@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from service import keyfile
 from service.app import create_app
 from service.config import Settings
-from service.console.sessions import session_holder
+from service.console.sessions import session_holder, session_or
 from service.domain.errors import Unauthenticated
 from service.keys import API_KEYS
 from tests.conftest import Keys
@@ -273,10 +273,27 @@ async def test_session_holder_authorises_a_request_outside_the_console_app(
             return web.Response(status=401)
         return web.Response(text=f"{user.name} ({user.role})")
 
+    async def probe_or_key(request: web.Request) -> web.Response:
+        async def key_holder(request: web.Request) -> str:
+            if request.headers.get("Authorization") != "Bearer k":
+                raise Unauthenticated("no key")
+            return "key holder"
+
+        try:
+            who = await session_or(key_holder)(request)
+        except Unauthenticated:
+            return web.Response(status=401)
+        return web.Response(text=who if isinstance(who, str) else f"{who.name}")  # type: ignore[attr-defined]
+
     app.router.add_get("/console/probe", probe)
+    app.router.add_get("/console/probe-or-key", probe_or_key)
     client: TestClient = await aiohttp_client(app)  # type: ignore[operator]
     assert (await client.get("/console/probe")).status == 401
+    assert (await client.get("/console/probe-or-key")).status == 401
+    keyed = await client.get("/console/probe-or-key", headers={"Authorization": "Bearer k"})
+    assert await keyed.text() == "key holder"
     assert (await sign_in(client, api_keys.viewer)).status == 303
+    assert await (await client.get("/console/probe-or-key")).text() == "viewer-bot"
     resp = await client.get("/console/probe")
     assert (resp.status, await resp.text()) == (200, "viewer-bot (viewer)")
     page = await (await client.get("/console/queue")).text()
