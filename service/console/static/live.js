@@ -77,7 +77,9 @@
     live = false;
     setStatus(FALLBACK_TEXT);
     if (fallbackTimer === null) {
-      fallbackTimer = window.setInterval(refresh, REFRESH_MS);
+      fallbackTimer = window.setInterval(function () {
+        refresh();
+      }, REFRESH_MS);
     }
     if (wasLive === true) {
       announce("Live updates unavailable; the page refreshes every 15 seconds.");
@@ -142,13 +144,35 @@
     swapElement(document.getElementById("stats"), doc.getElementById("stats"));
   }
 
-  function refresh() {
+  // At most one fetch in flight and one start per second: a burst of events (a
+  // scanner submitting many at once) costs each page one fetch a second, not one each.
+  var MIN_REFRESH_GAP_MS = 1000;
+  var lastRefreshStart = 0;
+  var refreshTimer = null;
+  var afterRefresh = [];
+
+  function refresh(then) {
+    if (then) {
+      afterRefresh.push(then);
+    }
     if (refreshing) {
       refreshAgain = true;
-      return Promise.resolve();
+      return;
     }
+    if (refreshTimer !== null) {
+      return;
+    }
+    var wait = Math.max(0, lastRefreshStart + MIN_REFRESH_GAP_MS - Date.now());
+    refreshTimer = window.setTimeout(fetchAndSwap, wait);
+  }
+
+  function fetchAndSwap() {
+    refreshTimer = null;
     refreshing = true;
-    return window.fetch(window.location.href, {
+    lastRefreshStart = Date.now();
+    var callbacks = afterRefresh;
+    afterRefresh = [];
+    window.fetch(window.location.href, {
       credentials: "same-origin",
       headers: { Accept: "text/html" },
       cache: "no-store"
@@ -170,6 +194,9 @@
       // Offline for a moment: the next event or the next period tries again.
     }).then(function () {
       refreshing = false;
+      callbacks.forEach(function (callback) {
+        callback();
+      });
       if (refreshAgain) {
         refreshAgain = false;
         refresh();
@@ -213,7 +240,9 @@
         }
         refresh();
       } else {
-        refresh().then(function () {
+        // Announced only if it matches the page's filters, i.e. the fetched
+        // queue shows it.
+        refresh(function () {
           if (document.querySelector(
             'tr.queue-item[data-review-id="' + cssEscape(event.review_id) + '"]')) {
             announce(describe(event));
