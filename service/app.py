@@ -34,6 +34,7 @@ from .keys import (
     REVIEWS,
     SETTINGS,
 )
+from .live import setup_live
 from .metrics import ReviewMetrics
 from .outbox import OutboxPolicy, OutboxWorker
 from .retention import OutboxPruner, RetentionPolicy
@@ -80,6 +81,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(outbox_retention_ctx)
     app.cleanup_ctx.append(cache_evictions_ctx)
     app.cleanup_ctx.append(api_keys_ctx)
+    # Live updates: GET /console/live on this app (a plain route resolves before the
+    # sub-app's prefix), and the feed handed to the review service once it exists.
+    setup_live(app)
 
     async def collect_pool_usage() -> None:
         if DB in app:
