@@ -10,17 +10,26 @@ health check has noticed.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import time
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
+from tests.conftest import free_port, require_tool
+from tests.ops.conftest import OPS, RULES_DIR, Processes
 from tests.prom import parse_exposition
 from tests.service.helpers import sql, submission
 
-from .conftest import LEASE_SECONDS, Cluster, Replica
+from .conftest import LEASE_SECONDS, LOOPBACK, Cluster, Replica, render
+
+SLO_YML = OPS / "slo.yml"
 
 pytestmark = pytest.mark.slow
 
@@ -266,3 +275,204 @@ async def test_killing_a_replica_under_load_fails_no_request_once_haproxy_notice
     assert detection <= bound, detection
     assert after_noticed == [], after_noticed
     cluster.restart(victim)
+
+
+# -- aggregation: a real Prometheus scraping the three --------------------------------
+
+
+def fast_rule_files(directory: Path) -> list[str]:
+    """The real rule files, every group evaluated each second (nothing else changed)."""
+    paths = []
+    for source in sorted(RULES_DIR.glob("*.yml")):
+        rules = yaml.safe_load(source.read_text())
+        for group in rules["groups"]:
+            group["interval"] = "1s"
+        target = directory / source.name
+        target.write_text(yaml.safe_dump(rules, sort_keys=False))
+        paths.append(str(target))
+    return paths
+
+
+def start_prometheus(cluster: Cluster, processes: Processes, directory: Path) -> str:
+    """Prometheus with the stack's rendered config: the replicas discovered from a
+    file_sd file as `make stack REPLICAS=3` writes it, 1 s scrapes and evaluations."""
+    binary = require_tool("prometheus")
+    targets = directory / "hitl-api-targets.json"
+    ports = [r.port for r in cluster.replicas]
+    targets.write_text(json.dumps(render.file_sd_targets(ports)))
+    config = render.prometheus_config(
+        {"hitl-api": render.replica_targets(ports)},
+        f"{LOOPBACK}:{free_port()}",  # no Alertmanager: alerts are read from ALERTS
+        rule_files=fast_rule_files(directory),
+        scrape_interval="1s",
+        evaluation_interval="1s",
+    )
+    config = render.use_file_sd(config, "hitl-api", targets)
+    path = directory / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    processes.start(
+        "prometheus",
+        [binary, f"--config.file={path}", f"--storage.tsdb.path={directory / 'data'}",
+         f"--web.listen-address={LOOPBACK}:{port}"],
+        ready_url=f"http://{LOOPBACK}:{port}/-/ready",
+        timeout=30,
+    )
+    return f"http://{LOOPBACK}:{port}"
+
+
+async def query(
+    session: aiohttp.ClientSession, prometheus: str, expr: str, at: float | None = None
+) -> list[dict[str, Any]]:
+    params = {"query": expr, **({"time": repr(at)} if at is not None else {})}
+    async with session.get(f"{prometheus}/api/v1/query", params=params) as response:
+        body = await response.json()
+        assert response.status == 200, body
+        return list(body["data"]["result"])
+
+
+def per_instance(result: list[dict[str, Any]]) -> dict[str, float]:
+    """Sum a raw result's series (one per endpoint, method, ...) per instance."""
+    sums: dict[str, float] = {}
+    for series in result:
+        instance = series["metric"]["instance"]
+        sums[instance] = sums.get(instance, 0.0) + float(series["value"][1])
+    return sums
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """A recording rule and how to rebuild its value from the per-instance raw series:
+    the rate of ``total`` (and of ``bad``: then the rule is the ratio bad / total)."""
+
+    record: str
+    total: str
+    bad: str | None = None
+
+    def from_instances(self, totals: dict[str, float], bads: dict[str, float]) -> float:
+        if self.bad is None:
+            return sum(totals.values())
+        return sum(bads.values()) / sum(totals.values())
+
+
+def slo_aggregates() -> list[Aggregate]:
+    """From ops/slo.yml: each SLO's request rate and error ratio over 5 minutes, and
+    the hand-written hitl.rules.yml request rate and error ratio."""
+    slos = yaml.safe_load(SLO_YML.read_text())["slos"]
+    api = 'http_requests_total{job="hitl-api",endpoint!~"/api/health.*|/metrics"}'
+    errors = api.replace("}", ',status=~"5.."}')
+    aggregates = []
+    for slo in slos:
+        aggregates.append(Aggregate(f'slo:sli_requests:rate5m{{slo="{slo["name"]}"}}', slo["total"]))
+        aggregates.append(
+            Aggregate(f'slo:sli_error:ratio_rate5m{{slo="{slo["name"]}"}}', slo["total"], slo["bad"])
+        )
+    aggregates.append(Aggregate("hitl:http_requests:rate5m", api))
+    aggregates.append(Aggregate("hitl:http_error_ratio:rate5m", api, errors))
+    return aggregates
+
+
+async def compare(
+    session: aiohttp.ClientSession, prometheus: str, aggregate: Aggregate
+) -> tuple[float, float, dict[str, float]]:
+    """(recorded, rebuilt from the instances, per-instance totals), both read at the
+    recorded sample's own timestamp: the instant the rule was evaluated."""
+    stamped = await query(session, prometheus, f"timestamp({aggregate.record})")
+    assert len(stamped) == 1, (aggregate.record, stamped)  # one series: aggregated
+    at = float(stamped[0]["value"][1])
+    (recorded,) = await query(session, prometheus, aggregate.record, at)
+    totals = per_instance(await query(session, prometheus, f"rate({aggregate.total}[5m])", at))
+    bads = (
+        per_instance(await query(session, prometheus, f"rate({aggregate.bad}[5m])", at))
+        if aggregate.bad else {}
+    )
+    return float(recorded["value"][1]), aggregate.from_instances(totals, bads), totals
+
+
+async def test_recording_rules_equal_the_sum_over_the_three_instances(
+    three_up: Cluster, tmp_path: Path
+) -> None:
+    """A real Prometheus discovers the three replicas from the stack's file_sd file, each
+    with its own `instance`; after traffic through HAProxy (successes and 5xx), every
+    SLO recording rule of ops/slo.yml and the request/error rules of hitl.rules.yml
+    equal the sum over the three instances' raw series. Killing one replica then raises
+    InstanceDown for that instance alone, and no ServiceDown."""
+    cluster = three_up
+    processes = Processes(tmp_path)
+    try:
+        prometheus = start_prometheus(cluster, processes, tmp_path)
+        async with aiohttp.ClientSession() as session:
+            instances = {f"{LOOPBACK}:{r.port}" for r in cluster.replicas}
+
+            async def three_targets_up() -> bool:
+                up = await query(session, prometheus, 'up{job="hitl-api"} == 1')
+                return {s["metric"]["instance"] for s in up} == instances
+
+            await poll_until(three_targets_up, 20, "three distinct hitl-api instances up")
+
+            # Every series the traffic moves exists on every replica before it is
+            # scraped: a counter first seen at N has no rate until it moves again.
+            review_id = await submit(session, cluster, cluster.lb_url)
+            for replica in cluster.replicas:
+                await get_review(session, cluster, replica.url, review_id)
+                async with session.get(f"{replica.url}/api/_test/fail") as response:
+                    assert response.status == 500
+
+            async def first_requests_scraped() -> bool:
+                failed = await query(
+                    session, prometheus, 'http_requests_total{job="hitl-api",status="500"}'
+                )
+                return {s["metric"]["instance"] for s in failed} == instances
+
+            await poll_until(first_requests_scraped, 15, "the first requests scraped")
+            # ~3 s of traffic through HAProxy, so several scrapes see it move.
+            for n in range(90):
+                await get_review(session, cluster, cluster.lb_url, review_id)
+                if n % 6 == 0:
+                    async with session.get(f"{cluster.lb_url}/api/_test/fail") as response:
+                        assert response.status == 500
+                await asyncio.sleep(0.03)
+
+            aggregates = slo_aggregates()
+            checked: dict[str, tuple[float, float]] = {}
+            mismatch: list[Any] = []
+
+            async def rules_match_instances() -> bool:
+                for aggregate in aggregates:
+                    try:
+                        recorded, rebuilt, totals = await compare(session, prometheus, aggregate)
+                    except (AssertionError, ValueError) as exc:
+                        mismatch[:] = [aggregate.record, "not recorded yet", repr(exc)[:300]]
+                        return False
+                    # Traffic reached all three, and the rule is their sum, not one's.
+                    if set(totals) != instances or min(totals.values()) <= 0:
+                        mismatch[:] = [aggregate.record, "not every instance has traffic", totals]
+                        return False
+                    if not math.isclose(recorded, rebuilt, rel_tol=1e-9, abs_tol=1e-12):
+                        mismatch[:] = [aggregate.record, recorded, rebuilt, totals]
+                        return False
+                    checked[aggregate.record] = (recorded, rebuilt)
+                return True
+
+            try:
+                await poll_until(rules_match_instances, 30, "rules equal to instance sums", 0.5)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; last mismatch: {mismatch}") from None
+            assert checked['slo:sli_error:ratio_rate5m{slo="availability"}'][0] > 0
+
+            # One replica down: InstanceDown names it (pending: its `for` is 1m); the
+            # service-wide ServiceDown stays quiet while two replicas are up.
+            victim = cluster.replicas[0]
+            cluster.kill(victim)
+
+            async def instance_down_pending() -> bool:
+                alerts = await query(session, prometheus, 'ALERTS{alertname="InstanceDown"}')
+                return [a["metric"]["instance"] for a in alerts] == [f"{LOOPBACK}:{victim.port}"]
+
+            await poll_until(instance_down_pending, 15, "InstanceDown for the killed replica")
+            assert await query(session, prometheus, 'ALERTS{alertname="ServiceDown"}') == []
+            assert await query(session, prometheus, 'sum by (job) (up{job="hitl-api"})') != []
+            cluster.restart(victim)
+    finally:
+        processes.stop_all()
+    print("\naggregation: " + ", ".join(f"{k} = {v[0]:.4g}" for k, v in checked.items()))
