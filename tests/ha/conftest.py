@@ -169,10 +169,19 @@ class Cluster:
         self.wait_ready(replica)
         self.wait_for_status(replica, "UP")
 
+    def stats(self) -> dict[str, dict[str, str]]:
+        """HAProxy's stats of the hitl-api backend, by server name (and BACKEND)."""
+        rows = csv.DictReader(io.StringIO(http_get(f"{self.stats_url};csv").decode().lstrip("# ")))
+        return {r["svname"]: r for r in rows if r["pxname"] == "hitl-api"}
+
     def server_status(self) -> dict[str, str]:
         """HAProxy's view of each server (UP, DOWN, "UP 1/2" while rising...)."""
-        rows = csv.DictReader(io.StringIO(http_get(f"{self.stats_url};csv").decode().lstrip("# ")))
-        return {r["svname"]: r["status"] for r in rows if r["pxname"] == "hitl-api"}
+        return {name: row["status"] for name, row in self.stats().items()}
+
+    def retries(self) -> tuple[int, int]:
+        """(retries, redispatches) HAProxy has made in the backend since it started."""
+        backend = self.stats()["BACKEND"]
+        return int(backend["wretr"] or 0), int(backend["wredis"] or 0)
 
     def wait_for_status(self, replica: Replica, status: str, timeout: float = 20.0) -> float:
         deadline = time.monotonic() + timeout
