@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from service.storage.migrate import drop_database
-from tests.conftest import PG_BASE, RUN_ID, free_port, require_tool
+from tests.conftest import PG_BASE, RUN_ID, delete_run_keys, free_port, require_tool
 from tests.ops.conftest import Processes, http_get, wait_until_ready
 
 from .conftest import render, require_haproxy
@@ -139,3 +139,4 @@ def test_make_stack_with_three_replicas_runs_and_stops_cleanly(tmp_path: Path) -
     finally:
         processes.stop_all()
         asyncio.run(drop_database(database_url))
+        asyncio.run(delete_run_keys())
