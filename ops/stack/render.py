@@ -176,7 +176,7 @@ def write_replica_files(
 ) -> None:
     """haproxy.cfg and the file_sd target file hitl-api-targets.json into ``out``."""
     (out / "haproxy.cfg").write_text(
-        haproxy_config(listen_port, replica_ports, stats_port, out / "haproxy.sock")
+        haproxy_config(listen_port, replica_ports, stats_port, out.resolve() / "haproxy.sock")
     )
     # Written whole then renamed: Prometheus must never read a half-written file.
     partial = out / "hitl-api-targets.json.tmp"
@@ -229,7 +229,10 @@ def main() -> None:
         write_replica_files(
             args.out, args.hitl_port, args.replica_ports, args.haproxy_stats_port
         )
-        prometheus = use_file_sd(prometheus, "hitl-api", args.out / "hitl-api-targets.json")
+        # Absolute: Prometheus resolves a relative file_sd path against its config's
+        # directory, which is args.out itself.
+        sd_file = args.out.resolve() / "hitl-api-targets.json"
+        prometheus = use_file_sd(prometheus, "hitl-api", sd_file)
         prometheus = add_haproxy_job(prometheus, args.haproxy_stats_port)
     dump(prometheus, args.out / "prometheus.yml")
     dump(alertmanager_config(args.secrets_dir.resolve()), args.out / "alertmanager.yml")

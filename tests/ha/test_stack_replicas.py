@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +19,7 @@ import yaml
 
 from service.storage.migrate import drop_database
 from tests.conftest import PG_BASE, RUN_ID, delete_run_keys, free_port, require_tool
-from tests.ops.conftest import Processes, http_get, wait_until_ready
+from tests.ops.conftest import ROOT, Processes, http_get, wait_until_ready
 
 from .conftest import render, require_haproxy
 
@@ -76,6 +77,21 @@ def test_prometheus_discovers_replicas_from_the_file_sd_file(tmp_path: Path) -> 
         [promtool, "check", "config", "--syntax-only", str(path)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_render_writes_absolute_paths_for_a_relative_stack_dir(tmp_path: Path) -> None:
+    """STACK_DIR defaults to the relative .local/stack, but Prometheus resolves a file_sd
+    path against its config's own directory: the rendered path must be absolute."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "ops" / "stack" / "render.py"), "--out", "rel/stack",
+         "--replica-ports", "8101", "8102"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((tmp_path / "rel" / "stack" / "prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "hitl-api"]
+    assert job["file_sd_configs"][0]["files"] == [str(tmp_path / "rel" / "stack" / "hitl-api-targets.json")]
+    assert [j["job_name"] for j in config["scrape_configs"]][-1] == "haproxy"
 
 
 def test_make_stack_with_three_replicas_runs_and_stops_cleanly(tmp_path: Path) -> None:
