@@ -71,8 +71,11 @@ rules: $(VENV)/.installed
 	$(PY) ops/slo/generate.py
 
 ## Prometheus, Alertmanager and exporters as plain processes on loopback (no Docker).
-stack: $(VENV)/.installed tools
-	bash ops/stack/run.sh
+## REPLICAS=N (e.g. `make stack REPLICAS=3`) also runs N service replicas behind HAProxy
+## on $(HITL_PORT), migrations applied once first; the default 1 runs no service.
+REPLICAS ?= 1
+stack: $(VENV)/.installed tools services
+	REPLICAS=$(REPLICAS) bash ops/stack/run.sh
 
 ## Regenerate the runtime lock file (exact versions + hashes, from PyPI, for Python 3.11
 ## on Linux) that the Dockerfile installs. Pins already in the file are kept while

@@ -11,6 +11,15 @@
 # STACK_SCRAPE_INTERVAL (e.g. 5s) overrides every scrape interval; by default they are
 # the compose ones (10 s for hitl-api, 30 s for the rest).
 # State lives in STACK_DIR (default .local/stack): rendered configs, TSDB, logs.
+#
+# REPLICAS=N (N > 1; `make stack REPLICAS=3`) also runs the service itself: migrations
+# once, then N `python -m service serve` on loopback (STACK_REPLICA_PORTS="8101 8102
+# 8103", default: free ports) against the same PostgreSQL and Redis, HAProxy on
+# HITL_PORT in front of them (ops/haproxy/, stats and /metrics on
+# STACK_HAPROXY_STATS_PORT=8404), and Prometheus discovering each replica from
+# $STACK_DIR/hitl-api-targets.json (file_sd). A replica that exits is restarted after
+# 2 s, so `kill -9` one to watch HAProxy take it out and back. REPLICAS=1 (default)
+# starts no service: run it with `make run`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -25,6 +34,34 @@ REDIS_EXPORTER_PORT=${STACK_REDIS_EXPORTER_PORT:-9121}
 PG_DSN=${STACK_POSTGRES_DSN:-postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable}
 REDIS_ADDR=${STACK_REDIS_ADDR:-redis://127.0.0.1:6379}
 
+# -- replicas (REPLICAS=N): ports, HAProxy --------------------------------------------
+REPLICAS=${REPLICAS:-1}
+[[ "$REPLICAS" =~ ^[1-9][0-9]*$ ]] || { echo "make stack: REPLICAS=$REPLICAS: expected a whole number >= 1" >&2; exit 2; }
+HAPROXY_STATS_PORT=${STACK_HAPROXY_STATS_PORT:-8404}
+REPLICA_PORTS=()
+RENDER_REPLICA_ARGS=()
+if [ "$REPLICAS" -gt 1 ]; then
+  HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+  [ -x "$HAPROXY" ] || { echo "make stack: haproxy is missing (run: make tools)" >&2; exit 1; }
+  if [ -n "${STACK_REPLICA_PORTS:-}" ]; then
+    read -ra REPLICA_PORTS <<<"${STACK_REPLICA_PORTS//,/ }"
+  else
+    # Free ports, all held at once while chosen so that no two are the same.
+    mapfile -t REPLICA_PORTS < <("$PYTHON" - "$REPLICAS" <<'PY'
+import socket, sys
+held = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in held:
+    s.bind(("127.0.0.1", 0))
+print("\n".join(str(s.getsockname()[1]) for s in held))
+PY
+)
+  fi
+  [ "${#REPLICA_PORTS[@]}" -eq "$REPLICAS" ] \
+    || { echo "make stack: STACK_REPLICA_PORTS has ${#REPLICA_PORTS[@]} ports for REPLICAS=$REPLICAS" >&2; exit 2; }
+  RENDER_REPLICA_ARGS=(--replica-ports "${REPLICA_PORTS[@]}" --haproxy-stats-port "$HAPROXY_STATS_PORT")
+fi
+# -- end of replicas --------------------------------------------------------------------
+
 for tool in prometheus prometheus-alertmanager prometheus-postgres-exporter prometheus-redis-exporter; do
   command -v "$tool" >/dev/null || { echo "make stack: $tool is missing (run: make tools)" >&2; exit 1; }
 done
@@ -33,7 +70,8 @@ mkdir -p "$STACK_DIR/prometheus-data" "$STACK_DIR/alertmanager-data"
 "$PYTHON" ops/stack/render.py --out "$STACK_DIR" \
   --hitl-port "$HITL_PORT" --prometheus-port "$PROM_PORT" --alertmanager-port "$AM_PORT" \
   --postgres-exporter-port "$PG_EXPORTER_PORT" --redis-exporter-port "$REDIS_EXPORTER_PORT" \
-  ${STACK_SCRAPE_INTERVAL:+--scrape-interval "$STACK_SCRAPE_INTERVAL"}
+  ${STACK_SCRAPE_INTERVAL:+--scrape-interval "$STACK_SCRAPE_INTERVAL"} \
+  "${RENDER_REPLICA_ARGS[@]}"
 
 pids=()
 stop() {
@@ -50,6 +88,37 @@ start() {  # start NAME CMD...: run in the background, log to $STACK_DIR/NAME.lo
   "$@" >"$STACK_DIR/$name.log" 2>&1 &
   pids+=("$!")
 }
+
+# -- replicas (REPLICAS=N): the service processes and HAProxy ---------------------------
+# One replica, restarted 2 s after it exits (as an orchestrator would); SIGTERM passes
+# to it, so its drain runs and nothing outlives the stack.
+supervise_replica() {
+  local port=$1 child= status
+  trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; exit 0' TERM INT
+  while :; do
+    HITL_HOST=127.0.0.1 HITL_PORT=$port "$PYTHON" -m service serve &
+    child=$!
+    status=0
+    wait "$child" || status=$?  # set -e must not end the supervisor with its replica
+    echo "make stack: replica on port $port exited ($status); restarting in 2 s" >&2
+    child=
+    sleep 2
+  done
+}
+
+start_replicas() {
+  # The schema once, before any replica starts: replicas never race on migrations.
+  "$PYTHON" -m service createdb
+  "$PYTHON" -m service migrate
+  "$PYTHON" -m service dev-key
+  local i
+  for i in "${!REPLICA_PORTS[@]}"; do
+    start "hitl-api-$((i + 1))" supervise_replica "${REPLICA_PORTS[$i]}"
+  done
+  start haproxy "$HAPROXY" -db -f "$STACK_DIR/haproxy.cfg"
+}
+[ "$REPLICAS" -gt 1 ] && start_replicas
+# -- end of replicas --------------------------------------------------------------------
 
 start prometheus prometheus \
   --config.file="$STACK_DIR/prometheus.yml" \
@@ -70,9 +139,13 @@ DATA_SOURCE_NAME="$PG_DSN" start postgres-exporter prometheus-postgres-exporter 
 start redis-exporter prometheus-redis-exporter \
   -redis.addr "$REDIS_ADDR" -web.listen-address "127.0.0.1:$REDIS_EXPORTER_PORT"
 
+if [ "$REPLICAS" -gt 1 ]; then  # replicas: what the message below says about hitl-api
+  HITL_SCRAPED="discovers $REPLICAS replicas from $STACK_DIR/hitl-api-targets.json"
+  echo "hitl-api     http://127.0.0.1:$HITL_PORT   (HAProxy -> replicas on ports ${REPLICA_PORTS[*]}; stats http://127.0.0.1:$HAPROXY_STATS_PORT/stats)"
+fi
 cat <<MSG
 monitoring stack running (logs in $STACK_DIR/*.log); Ctrl-C stops it
-  Prometheus   http://127.0.0.1:$PROM_PORT   (scrapes hitl-api on 127.0.0.1:$HITL_PORT: start it with make run)
+  Prometheus   http://127.0.0.1:$PROM_PORT   (${HITL_SCRAPED:-scrapes hitl-api on 127.0.0.1:$HITL_PORT: start it with make run})
   Alertmanager http://127.0.0.1:$AM_PORT
   exporters    postgres 127.0.0.1:$PG_EXPORTER_PORT, redis 127.0.0.1:$REDIS_EXPORTER_PORT
 MSG

@@ -33,6 +33,8 @@ SECRETS_DIR = OPS / "alertmanager" / "secrets"
 ROUTES = [
     ({"alertname": "HighErrorRate", "severity": "critical", "category": "http"}, "pagerduty-critical"),
     ({"alertname": "ServiceDown", "severity": "critical", "category": "availability"}, "pagerduty-critical"),
+    # One replica of several down: Slack, not a page (issue 12).
+    ({"alertname": "InstanceDown", "severity": "warning", "category": "availability"}, "slack-warnings"),
     ({"alertname": "ElevatedErrorRate", "severity": "warning", "category": "http"}, "slack-warnings"),
     ({"alertname": "LowCacheHitRatio", "severity": "warning", "category": "cache"}, "slack-warnings"),
     ({"alertname": "SlowReviewDecisions", "severity": "info", "category": "business"}, "email-info"),
@@ -153,6 +155,15 @@ INHIBITION_SCENARIOS: list[tuple[str, list[dict[str, str]], set[str]]] = [
         _rule_labels("LowCacheHitRatio", service="svc-down"),
         _rule_labels("LowCacheHitRatio", service="svc-other"),
     ], {"HighErrorRate", "LowCacheHitRatio@svc-down"}),
+    ("ServiceDown silences the InstanceDown warning of every replica", [
+        _rule_labels("ServiceDown", service="svc-replicas"),
+        _rule_labels("InstanceDown", service="svc-replicas", instance="127.0.0.1:8101"),
+        _rule_labels("InstanceDown", service="svc-replicas", instance="127.0.0.1:8102"),
+    ], {"InstanceDown@svc-replicas"}),
+    ("InstanceDown alone is delivered and silences nothing", [
+        _rule_labels("InstanceDown", service="svc-one-down", instance="127.0.0.1:8103"),
+        _rule_labels("LowCacheHitRatio", service="svc-one-down"),
+    ], set()),
     ("a critical alert without a family silences nothing", [
         _rule_labels("LowAvailability", service="svc-nofamily"),
         _rule_labels("LowCacheHitRatio", service="svc-nofamily"),
@@ -206,3 +217,9 @@ def test_inhibitions_on_a_running_alertmanager(processes: Processes, tmp_path: P
         for name, status in got.items():
             if name in suppressed:
                 assert status["inhibitedBy"], (scenario, name)
+        # Alerts sharing a key (InstanceDown of several replicas) each checked too.
+        for alert in alerts:
+            if alert["labels"]["service"] in services:
+                key = _key(alert["labels"], suppressed)
+                assert (alert["status"]["state"] == "suppressed") == (key in suppressed), (
+                    scenario, alert["labels"])

@@ -252,6 +252,69 @@ def test_every_promql_is_valid_and_uses_only_existing_series(prometheus_api: str
     assert not problems, "\n".join(problems)
 
 
+# Panels that show each replica on purpose (a breaker, a connection cap is per process);
+# every other panel is a service-wide figure and must add up the replicas.
+PER_REPLICA_PANELS = {
+    ("hitl-overview.json", "Cache Circuit Breaker"),
+    ("hitl-overview.json", "Connections"),
+}
+_RANGE_FUNCTIONS = re.compile(r"\b(rate|irate|increase)\(")
+_AGGREGATION = re.compile(r"\b(sum|avg|max|min|count)(?:\s+(?:by|without)\s*\(([^()]*)\))?\s*$")
+
+
+def range_calls_and_their_aggregation(expr: str) -> list[tuple[str, str | None, set[str]]]:
+    """For each rate()/irate()/increase() in ``expr``: the series it reads, the
+    aggregation directly around it (None when there is none) and that one's `by` labels."""
+    found = []
+    for match in _RANGE_FUNCTIONS.finditer(expr):
+        series = re.match(r"\s*([a-zA-Z_:][\w:]*)", expr[match.end():])
+        depth, opening = 0, None
+        for position in range(match.start() - 1, -1, -1):
+            if expr[position] == ")":
+                depth += 1
+            elif expr[position] == "(":
+                if depth == 0:
+                    opening = position
+                    break
+                depth -= 1
+        around = _AGGREGATION.search(expr[:opening]) if opening is not None else None
+        by = {label.strip() for label in around.group(2).split(",")} if around and around.group(2) else set()
+        found.append((series.group(1) if series else "", around.group(1) if around else None, by))
+    return found
+
+
+def test_aggregation_check_tells_summed_from_raw_rates() -> None:
+    """The check below can fail: a bare rate, and a rate summed per instance, are found."""
+    calls = range_calls_and_their_aggregation(
+        "histogram_quantile(0.95, sum by (le) (rate(h_bucket[1m]))) + rate(c_total[1m])"
+        " + sum by (instance, cap) (increase(d_total[1m]))"
+    )
+    assert calls == [("h_bucket", "sum", {"le"}), ("c_total", None, set()), ("d_total", "sum", {"instance", "cap"})]
+
+
+@pytest.mark.parametrize("dashboard_file", sorted(DASHBOARDS))
+def test_service_wide_panels_add_up_every_replica(prometheus_api: str, dashboard_file: str) -> None:
+    """With N replicas (issue 12), every rate()/increase() of a hitl-api counter in a
+    panel sits inside an aggregation (sum by ...), so the figure is the service's, not
+    one series per replica; only the per-replica panels keep `instance`."""
+    service_series = SERVICE_COUNTERS_AND_GAUGES | {
+        f"{h}{s}" for h in SERVICE_HISTOGRAMS for s in ("_bucket", "_sum", "_count")
+    }
+    problems = []
+    for panel in DASHBOARDS[dashboard_file]["panels"]:
+        for target in panel.get("targets", []):
+            formatted = format_query(prometheus_api, substitute(target["expr"]))
+            for series, aggregation, by in range_calls_and_their_aggregation(formatted):
+                if series not in service_series:
+                    continue
+                where = f"panel {panel['title']!r} {target['refId']}"
+                if aggregation is None:
+                    problems.append(f"{where}: rate of {series} not aggregated: {formatted}")
+                elif "instance" in by and (dashboard_file, panel["title"]) not in PER_REPLICA_PANELS:
+                    problems.append(f"{where}: service-wide panel split by instance: {formatted}")
+    assert not problems, "\n".join(problems)
+
+
 def test_metric_name_extraction() -> None:
     """The extractor the check above relies on finds names, not functions or labels."""
     expr = ('sum by (le) (rate(a_bucket{job="x",le=~"1|b"}[5m])) / on (job) group_left () '

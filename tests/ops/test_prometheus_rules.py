@@ -117,6 +117,21 @@ def test_every_seed_alert_exists_with_its_threshold_severity_and_for() -> None:
         assert threshold in rule["expr"], f"{name}: threshold {threshold!r} not in {rule['expr']!r}"
 
 
+def test_replica_down_is_named_and_only_the_whole_service_down_pages() -> None:
+    """With several replicas (issue 12): InstanceDown keeps `instance` (a per-target
+    expression, no aggregation) and names it, as a warning; ServiceDown aggregates over
+    every instance and alone pages."""
+    rules = {rule["alert"]: rule for rule in alert_rules()}
+    instance_down, service_down = rules["InstanceDown"], rules["ServiceDown"]
+    assert instance_down["labels"]["severity"] == "warning"
+    assert instance_down["labels"]["service"] == service_down["labels"]["service"]
+    assert not re.search(r"\b(sum|max|min|avg|count)\b", instance_down["expr"])
+    assert "$labels.instance" in instance_down["annotations"]["summary"]
+    assert "$labels.instance" in instance_down["annotations"]["description"]
+    assert service_down["labels"]["severity"] == "critical"
+    assert "sum by (job)" in service_down["expr"] and "instance" not in service_down["expr"]
+
+
 def test_every_alert_has_labels_and_annotations() -> None:
     """for, severity, team, summary, description with the value, runbook and dashboard links."""
     runbook_anchors = github_anchors(RUNBOOKS_MD.read_text())
