@@ -66,9 +66,11 @@ tools:
 services:
 	bash ops/local/ensure-services.sh
 
-## Regenerate SLO recording rules and burn-rate alerts from ops/slo.yml.
+## Regenerate SLO recording rules and burn-rate alerts from ops/slo.yml, then the
+## prometheus-operator PrometheusRule from every file of ops/prometheus/rules/.
 rules: $(VENV)/.installed
 	$(PY) ops/slo/generate.py
+	$(PY) ops/kubernetes/generate_rules.py
 
 ## Prometheus, Alertmanager and exporters as plain processes on loopback (no Docker).
 ## REPLICAS=N (e.g. `make stack REPLICAS=3`) also runs N service replicas behind HAProxy
