@@ -9,7 +9,11 @@ only what differs without Docker is rewritten here:
   scrape on this machine (node, cAdvisor, Grafana, Loki, Jaeger) are dropped rather
   than left permanently down;
 * rule files and templates: absolute paths, since the rendered file lives elsewhere;
-* secrets: /run/secrets/<name> (compose secrets) becomes <secrets_dir>/<name>.
+* secrets: /run/secrets/<name> (compose secrets) becomes <secrets_dir>/<name>;
+* the HA pair (--ha, `make stack HA=1`): prometheus.yml (replica A) and prometheus-b.yml,
+  the single config with both Alertmanagers, both replicas' self-scrapes, VictoriaMetrics and
+  the replica label A / B (compose expands it from the environment); a lone Prometheus
+  is replica A and writes to no remote storage.
 
 Job names, labels, rule files, routes and inhibitions are untouched, so every alert
 and recording rule behaves as in compose.
@@ -80,7 +84,98 @@ def prometheus_config(
     config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [alertmanager]}]}]
     base = PROMETHEUS_YML.parent
     config["rule_files"] = rule_files or [str(base / pattern) for pattern in config["rule_files"]]
+    one_replica(config)
     return config
+
+
+# ---------------------------------------------------------------- HA monitoring
+# The Prometheus HA pair, the Alertmanager cluster and VictoriaMetrics (`make stack HA=1`,
+# tests/ha/test_monitoring_ha.py). Kept apart from the single-process rendering above:
+# the pair is derived from whatever that rendering produced, so both replicas scrape
+# exactly what the single Prometheus scrapes.
+
+REPLICAS = ("A", "B")
+
+
+def one_replica(config: dict[str, Any]) -> None:
+    """A lone Prometheus: replica A (compose expands the label from each container's
+    environment; a loopback process has none) and no remote storage to write to."""
+    config["global"].setdefault("external_labels", {})["replica"] = REPLICAS[0]
+    config.pop("remote_write", None)
+
+
+def ha_prometheus_configs(
+    single: dict[str, Any],
+    *,
+    prometheus: list[str],
+    alertmanagers: list[str],
+    victoriametrics: str,
+    source: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Replica -> config of the HA pair, from a single-process config (prometheus_config).
+
+    Both replicas alert to every Alertmanager, scrape both Prometheus and every
+    Alertmanager (the same targets, so their samples deduplicate), scrape and
+    remote-write to VictoriaMetrics with the compose config's write_relabel_configs, and
+    differ in nothing but ``external_labels.replica``.
+    """
+    original = source if source is not None else load(PROMETHEUS_YML)
+    for address in [*prometheus, *alertmanagers, victoriametrics]:
+        if not address.startswith(f"{LOOPBACK}:"):
+            raise ValueError(f"{address} is not a loopback address")
+    base = copy.deepcopy(single)
+    base["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": list(alertmanagers)}]}]
+    own = {
+        "prometheus": prometheus,
+        "alertmanager": alertmanagers,
+        "victoriametrics": [victoriametrics],
+    }
+    jobs = {job["job_name"]: job for job in base["scrape_configs"]}
+    for name, targets in own.items():
+        if name not in jobs:
+            # Not scraped by a lone Prometheus (VictoriaMetrics): the compose job, which
+            # follows the global interval, overridden or not.
+            (job,) = [copy.deepcopy(j) for j in original["scrape_configs"] if j["job_name"] == name]
+            base["scrape_configs"].append(job)
+            jobs[name] = job
+        jobs[name]["static_configs"] = [{"targets": list(targets)}]
+    writes = copy.deepcopy(original["remote_write"])
+    for write in writes:
+        write["url"] = f"http://{victoriametrics}/api/v1/write"
+    base["remote_write"] = writes
+    configs = {}
+    for replica in REPLICAS:
+        config = copy.deepcopy(base)
+        config["global"]["external_labels"]["replica"] = replica
+        configs[replica] = config
+    return configs
+
+
+def dump_ha(args: argparse.Namespace) -> None:
+    """The single-process prometheus.yml becomes replica A; prometheus-b.yml is B."""
+    single = load(args.out / "prometheus.yml")
+    def loopback(*ports: int) -> list[str]:
+        return [f"{LOOPBACK}:{port}" for port in ports]
+
+    configs = ha_prometheus_configs(
+        single,
+        prometheus=loopback(args.prometheus_port, args.prometheus_b_port),
+        alertmanagers=loopback(args.alertmanager_port, args.alertmanager_b_port),
+        victoriametrics=loopback(args.victoriametrics_port)[0],
+    )
+    dump(configs["A"], args.out / "prometheus.yml")
+    dump(configs["B"], args.out / "prometheus-b.yml")
+
+
+def add_ha_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("HA monitoring (make stack HA=1)")
+    group.add_argument("--ha", action="store_true", help="also render the Prometheus HA pair")
+    group.add_argument("--prometheus-b-port", type=int, default=9092)
+    group.add_argument("--alertmanager-b-port", type=int, default=9095)
+    group.add_argument("--victoriametrics-port", type=int, default=8428)
+
+
+# ---------------------------------------------------------------- Alertmanager
 
 
 def alertmanager_config(
@@ -129,6 +224,7 @@ def main() -> None:
     parser.add_argument(
         "--scrape-interval", help="override every job's interval (default: the compose values)"
     )
+    add_ha_arguments(parser)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     alertmanager = f"{LOOPBACK}:{args.alertmanager_port}"
@@ -144,6 +240,8 @@ def main() -> None:
         args.out / "prometheus.yml",
     )
     dump(alertmanager_config(args.secrets_dir.resolve()), args.out / "alertmanager.yml")
+    if args.ha:
+        dump_ha(args)
 
 
 if __name__ == "__main__":

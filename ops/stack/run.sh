@@ -11,6 +11,15 @@
 # STACK_SCRAPE_INTERVAL (e.g. 5s) overrides every scrape interval; by default they are
 # the compose ones (10 s for hitl-api, 30 s for the rest).
 # State lives in STACK_DIR (default .local/stack): rendered configs, TSDB, logs.
+#
+# HA=1 (`make stack HA=1`): the compose shape of the monitoring stack -- a Prometheus HA
+# pair (replica A on STACK_PROMETHEUS_PORT, B on STACK_PROMETHEUS_B_PORT=9092), two
+# Alertmanagers clustered over gossip on loopback (B's API on STACK_ALERTMANAGER_B_PORT=
+# 9095; gossip on STACK_ALERTMANAGER_CLUSTER_PORT=9094 and STACK_ALERTMANAGER_B_CLUSTER_PORT=
+# 9096) and VictoriaMetrics (STACK_VICTORIAMETRICS_PORT=8428) that both replicas
+# remote-write to. Off by default: on one workstation a pair proves the configs, not
+# survival of a machine, and a lone Prometheus on 9090 is what `make run` needs; the HA
+# behaviour itself is tested on every `make test` (tests/ha/test_monitoring_ha.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -25,6 +34,30 @@ REDIS_EXPORTER_PORT=${STACK_REDIS_EXPORTER_PORT:-9121}
 PG_DSN=${STACK_POSTGRES_DSN:-postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable}
 REDIS_ADDR=${STACK_REDIS_ADDR:-redis://127.0.0.1:6379}
 
+# ---------------------------------------------------------------- HA monitoring (HA=1)
+HA=${HA:-0}
+PROM_B_PORT=${STACK_PROMETHEUS_B_PORT:-9092}
+AM_B_PORT=${STACK_ALERTMANAGER_B_PORT:-9095}
+AM_CLUSTER_PORT=${STACK_ALERTMANAGER_CLUSTER_PORT:-9094}
+AM_B_CLUSTER_PORT=${STACK_ALERTMANAGER_B_CLUSTER_PORT:-9096}
+VM_PORT=${STACK_VICTORIAMETRICS_PORT:-8428}
+# VictoriaMetrics keeps one sample per this interval and series: the scrape interval of
+# hitl-api (10 s), so the two replicas' samples of a series collapse into one.
+VM_DEDUP=${STACK_SCRAPE_INTERVAL:-10s}
+# Without HA, --cluster.listen-address= turns off gossip: it would otherwise bind
+# 0.0.0.0:9094. With it, the two Alertmanagers gossip on loopback, each naming the other.
+am_cluster=(--cluster.listen-address=)
+ha_render=()
+if [ "$HA" = 1 ]; then
+  command -v victoria-metrics >/dev/null || [ -x /usr/bin/victoria-metrics ] \
+    || { echo "make stack: victoria-metrics is missing (run: make tools)" >&2; exit 1; }
+  am_cluster=(--cluster.listen-address="127.0.0.1:$AM_CLUSTER_PORT" --cluster.peer="127.0.0.1:$AM_B_CLUSTER_PORT")
+  ha_render=(--ha --prometheus-b-port "$PROM_B_PORT" --alertmanager-b-port "$AM_B_PORT"
+             --victoriametrics-port "$VM_PORT")
+  mkdir -p "$STACK_DIR/prometheus-b-data" "$STACK_DIR/alertmanager-b-data" "$STACK_DIR/victoriametrics-data"
+fi
+# ----------------------------------------------------------------
+
 for tool in prometheus prometheus-alertmanager prometheus-postgres-exporter prometheus-redis-exporter; do
   command -v "$tool" >/dev/null || { echo "make stack: $tool is missing (run: make tools)" >&2; exit 1; }
 done
@@ -33,13 +66,19 @@ mkdir -p "$STACK_DIR/prometheus-data" "$STACK_DIR/alertmanager-data"
 "$PYTHON" ops/stack/render.py --out "$STACK_DIR" \
   --hitl-port "$HITL_PORT" --prometheus-port "$PROM_PORT" --alertmanager-port "$AM_PORT" \
   --postgres-exporter-port "$PG_EXPORTER_PORT" --redis-exporter-port "$REDIS_EXPORTER_PORT" \
-  ${STACK_SCRAPE_INTERVAL:+--scrape-interval "$STACK_SCRAPE_INTERVAL"}
+  ${STACK_SCRAPE_INTERVAL:+--scrape-interval "$STACK_SCRAPE_INTERVAL"} "${ha_render[@]}"
 
 pids=()
 stop() {
   trap - EXIT INT TERM
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # Newest first, each gone before the next is asked: with HA=1 a Prometheus flushes its
+  # remote-write queue into VictoriaMetrics (started before it) on the way out, and a
+  # leaving Alertmanager needs its peer up to acknowledge (both at once wait 10 s).
+  local i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill "${pids[i]}" 2>/dev/null || true
+    wait "${pids[i]}" 2>/dev/null || true
+  done
 }
 trap stop EXIT
 trap 'exit 130' INT
@@ -51,24 +90,57 @@ start() {  # start NAME CMD...: run in the background, log to $STACK_DIR/NAME.lo
   pids+=("$!")
 }
 
+# HA=1: VictoriaMetrics first, so it is stopped last (see stop).
+if [ "$HA" = 1 ]; then
+  start victoriametrics "$(command -v victoria-metrics || echo /usr/bin/victoria-metrics)" \
+    -httpListenAddr="127.0.0.1:$VM_PORT" \
+    -storageDataPath="$STACK_DIR/victoriametrics-data" \
+    -retentionPeriod=1y \
+    -dedup.minScrapeInterval="$VM_DEDUP"
+fi
 start prometheus prometheus \
   --config.file="$STACK_DIR/prometheus.yml" \
   --storage.tsdb.path="$STACK_DIR/prometheus-data" \
   --storage.tsdb.retention.time=30d --storage.tsdb.retention.size=10GB \
   --web.listen-address="127.0.0.1:$PROM_PORT" \
   --web.external-url="http://127.0.0.1:$PROM_PORT"
-# --cluster.listen-address= turns off gossip: it would otherwise bind 0.0.0.0:9094.
 start alertmanager prometheus-alertmanager \
   --config.file="$STACK_DIR/alertmanager.yml" \
   --storage.path="$STACK_DIR/alertmanager-data" \
   --data.retention=120h \
   --web.listen-address="127.0.0.1:$AM_PORT" \
   --web.external-url="http://127.0.0.1:$AM_PORT" \
-  --cluster.listen-address=
+  "${am_cluster[@]}"
 DATA_SOURCE_NAME="$PG_DSN" start postgres-exporter prometheus-postgres-exporter \
   --web.listen-address="127.0.0.1:$PG_EXPORTER_PORT"
 start redis-exporter prometheus-redis-exporter \
   -redis.addr "$REDIS_ADDR" -web.listen-address "127.0.0.1:$REDIS_EXPORTER_PORT"
+
+# ---------------------------------------------------------------- HA monitoring (HA=1)
+# prometheus.yml (started above) is replica A; B and the second Alertmanager join it and
+# VictoriaMetrics. Flags as in docker-compose.yml.
+if [ "$HA" = 1 ]; then
+  start prometheus-b prometheus \
+    --config.file="$STACK_DIR/prometheus-b.yml" \
+    --storage.tsdb.path="$STACK_DIR/prometheus-b-data" \
+    --storage.tsdb.retention.time=30d --storage.tsdb.retention.size=10GB \
+    --web.listen-address="127.0.0.1:$PROM_B_PORT" \
+    --web.external-url="http://127.0.0.1:$PROM_B_PORT"
+  start alertmanager-b prometheus-alertmanager \
+    --config.file="$STACK_DIR/alertmanager.yml" \
+    --storage.path="$STACK_DIR/alertmanager-b-data" \
+    --data.retention=120h \
+    --web.listen-address="127.0.0.1:$AM_B_PORT" \
+    --web.external-url="http://127.0.0.1:$AM_B_PORT" \
+    --cluster.listen-address="127.0.0.1:$AM_B_CLUSTER_PORT" --cluster.peer="127.0.0.1:$AM_CLUSTER_PORT"
+  cat <<MSG
+HA monitoring (HA=1):
+  Prometheus B   http://127.0.0.1:$PROM_B_PORT   (replica B; http://127.0.0.1:$PROM_PORT is replica A)
+  Alertmanager B http://127.0.0.1:$AM_B_PORT   (gossip 127.0.0.1:$AM_CLUSTER_PORT <-> 127.0.0.1:$AM_B_CLUSTER_PORT)
+  VictoriaMetrics http://127.0.0.1:$VM_PORT   (both replicas remote-write; dedup $VM_DEDUP, 1 year)
+MSG
+fi
+# ----------------------------------------------------------------
 
 cat <<MSG
 monitoring stack running (logs in $STACK_DIR/*.log); Ctrl-C stops it
