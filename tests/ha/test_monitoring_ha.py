@@ -561,19 +561,6 @@ def test_a_silence_made_on_one_alertmanager_is_honoured_by_the_other(ha: HA) -> 
     assert not ha.receiver.of_case("silenced"), "a silenced alert was delivered"
 
 
-def test_with_one_alertmanager_killed_a_new_alert_is_still_delivered_once(ha: HA) -> None:
-    """(b) SIGKILL the Alertmanager that notifies first; an alert that fires afterwards
-    is delivered once, by the survivor (after its peer timeout)."""
-    notifier = deliverer(ha)
-    process = ha.processes[ha.alertmanagers[notifier]]
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=10)
-    fired = ha.exporter.fire("failover")
-    delivery = deliver_once(ha, "failover", fired)
-    assert delivery.sender != notifier
-    FIGURES["failover deliverer"] = ha.alertmanagers[delivery.sender]
-
-
 def test_victoriametrics_holds_the_live_service_series_once(ha: HA) -> None:
     """(d) hitl-api's series, scraped by both replicas and remote-written by both, are
     queryable from VictoriaMetrics as one series per target, without `replica`, with the
@@ -609,3 +596,30 @@ def test_victoriametrics_holds_the_live_service_series_once(ha: HA) -> None:
     assert in_vm <= max(per_replica.values()) + 1, (per_replica, in_vm)
     assert in_vm >= min(per_replica.values()) - 2, (per_replica, in_vm)
 
+
+def test_with_one_alertmanager_killed_a_new_alert_is_still_delivered_once(ha: HA) -> None:
+    """(b) SIGKILL the Alertmanager that notifies first; an alert that fires afterwards
+    is delivered once, by the survivor (after its peer timeout)."""
+    notifier = deliverer(ha)
+    process = ha.processes[ha.alertmanagers[notifier]]
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    fired = ha.exporter.fire("failover")
+    delivery = deliver_once(ha, "failover", fired)
+    assert delivery.sender != notifier
+    FIGURES["failover deliverer"] = ha.alertmanagers[delivery.sender]
+
+
+def test_with_one_of_each_killed_an_alert_is_still_delivered_once(ha: HA) -> None:
+    """One Alertmanager already dead (the test above, or here): SIGKILL Prometheus replica
+    A too. Replica B alone fires a new alert, and the surviving Alertmanager delivers it
+    once -- the pair and the cluster each survive the loss of one member."""
+    notifier = deliverer(ha)
+    for name in (ha.alertmanagers[notifier], "prometheus-A"):
+        process = ha.processes[name]
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=10)
+    fired = ha.exporter.fire("one-of-each")
+    delivery = deliver_once(ha, "one-of-each", fired)
+    assert delivery.sender != notifier
