@@ -242,7 +242,7 @@ class HA:
     receiver: Receiver
     exporter: Exporter
     prometheus: dict[str, str]  # replica -> base URL
-    alertmanagers: dict[str, str]  # base URL -> process
+    alertmanagers: dict[str, str]  # base URL -> process name
     processes: dict[str, subprocess.Popen[bytes]]
     api: str
     vm: str
