@@ -69,16 +69,19 @@ mkdir -p "$STACK_DIR/prometheus-data" "$STACK_DIR/alertmanager-data"
   ${STACK_SCRAPE_INTERVAL:+--scrape-interval "$STACK_SCRAPE_INTERVAL"} "${ha_render[@]}"
 
 pids=()
+late_pids=()  # HA=1: stopped in a second round, see stop
 stop() {
   trap - EXIT INT TERM
-  # Newest first, each gone before the next is asked: with HA=1 a Prometheus flushes its
-  # remote-write queue into VictoriaMetrics (started before it) on the way out, and a
-  # leaving Alertmanager needs its peer up to acknowledge (both at once wait 10 s).
-  local i
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    kill "${pids[i]}" 2>/dev/null || true
-    wait "${pids[i]}" 2>/dev/null || true
-  done
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # HA=1: VictoriaMetrics and one Alertmanager once the rest is gone, so the Prometheus
+  # pair flushes its remote-write queue into a running VictoriaMetrics and the other
+  # Alertmanager leaves the cluster while its peer can acknowledge (both at once wait
+  # 10 s for each other).
+  if [ "${#late_pids[@]}" -gt 0 ]; then
+    wait "${pids[@]}" 2>/dev/null || true
+    for pid in "${late_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  fi
+  wait 2>/dev/null || true
 }
 trap stop EXIT
 trap 'exit 130' INT
@@ -90,14 +93,6 @@ start() {  # start NAME CMD...: run in the background, log to $STACK_DIR/NAME.lo
   pids+=("$!")
 }
 
-# HA=1: VictoriaMetrics first, so it is stopped last (see stop).
-if [ "$HA" = 1 ]; then
-  start victoriametrics "$(command -v victoria-metrics || echo /usr/bin/victoria-metrics)" \
-    -httpListenAddr="127.0.0.1:$VM_PORT" \
-    -storageDataPath="$STACK_DIR/victoriametrics-data" \
-    -retentionPeriod=1y \
-    -dedup.minScrapeInterval="$VM_DEDUP"
-fi
 start prometheus prometheus \
   --config.file="$STACK_DIR/prometheus.yml" \
   --storage.tsdb.path="$STACK_DIR/prometheus-data" \
@@ -117,9 +112,19 @@ start redis-exporter prometheus-redis-exporter \
   -redis.addr "$REDIS_ADDR" -web.listen-address "127.0.0.1:$REDIS_EXPORTER_PORT"
 
 # ---------------------------------------------------------------- HA monitoring (HA=1)
-# prometheus.yml (started above) is replica A; B and the second Alertmanager join it and
-# VictoriaMetrics. Flags as in docker-compose.yml.
+# prometheus.yml (started above) is replica A; B, the second Alertmanager and
+# VictoriaMetrics join it. Flags as in docker-compose.yml.
+late() {  # the process started last stops in stop's second round
+  late_pids+=("${pids[-1]}")
+  unset 'pids[-1]'
+}
 if [ "$HA" = 1 ]; then
+  start victoriametrics "$(command -v victoria-metrics || echo /usr/bin/victoria-metrics)" \
+    -httpListenAddr="127.0.0.1:$VM_PORT" \
+    -storageDataPath="$STACK_DIR/victoriametrics-data" \
+    -retentionPeriod=1y \
+    -dedup.minScrapeInterval="$VM_DEDUP"
+  late
   start prometheus-b prometheus \
     --config.file="$STACK_DIR/prometheus-b.yml" \
     --storage.tsdb.path="$STACK_DIR/prometheus-b-data" \
@@ -133,6 +138,7 @@ if [ "$HA" = 1 ]; then
     --web.listen-address="127.0.0.1:$AM_B_PORT" \
     --web.external-url="http://127.0.0.1:$AM_B_PORT" \
     --cluster.listen-address="127.0.0.1:$AM_B_CLUSTER_PORT" --cluster.peer="127.0.0.1:$AM_CLUSTER_PORT"
+  late
   cat <<MSG
 HA monitoring (HA=1):
   Prometheus B   http://127.0.0.1:$PROM_B_PORT   (replica B; http://127.0.0.1:$PROM_PORT is replica A)
