@@ -212,6 +212,7 @@ def dump(config: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_ha_arguments(parser)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--hitl-port", type=int, default=8000)
     parser.add_argument("--prometheus-port", type=int, default=9090)
@@ -224,7 +225,6 @@ def main() -> None:
     parser.add_argument(
         "--scrape-interval", help="override every job's interval (default: the compose values)"
     )
-    add_ha_arguments(parser)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     alertmanager = f"{LOOPBACK}:{args.alertmanager_port}"
