@@ -10,10 +10,10 @@ only what differs without Docker is rewritten here:
   than left permanently down;
 * rule files and templates: absolute paths, since the rendered file lives elsewhere;
 * secrets: /run/secrets/<name> (compose secrets) becomes <secrets_dir>/<name>;
-* the HA pair (--ha, `make stack HA=1`): prometheus.yml (replica A) and prometheus-b.yml,
-  the single config with both Alertmanagers, both replicas' self-scrapes, VictoriaMetrics and
-  the replica label A / B (compose expands it from the environment); a lone Prometheus
-  is replica A and writes to no remote storage.
+* the HA pair (a second run with --ha, `make stack HA=1`): prometheus.yml becomes replica
+  A and prometheus-b.yml is B: the single config with both Alertmanagers, both replicas'
+  self-scrapes, VictoriaMetrics and the replica label A / B (compose expands it from the
+  environment). A lone Prometheus is replica A and writes to no remote storage.
 
 Job names, labels, rule files, routes and inhibitions are untouched, so every alert
 and recording rule behaves as in compose.
@@ -169,7 +169,10 @@ def dump_ha(args: argparse.Namespace) -> None:
 
 def add_ha_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("HA monitoring (make stack HA=1)")
-    group.add_argument("--ha", action="store_true", help="also render the Prometheus HA pair")
+    group.add_argument(
+        "--ha", action="store_true",
+        help="only turn the prometheus.yml in --out into replica A, and write prometheus-b.yml",
+    )
     group.add_argument("--prometheus-b-port", type=int, default=9092)
     group.add_argument("--alertmanager-b-port", type=int, default=9095)
     group.add_argument("--victoriametrics-port", type=int, default=8428)
@@ -226,6 +229,9 @@ def main() -> None:
         "--scrape-interval", help="override every job's interval (default: the compose values)"
     )
     args = parser.parse_args()
+    if args.ha:
+        dump_ha(args)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     alertmanager = f"{LOOPBACK}:{args.alertmanager_port}"
     targets = {
@@ -240,8 +246,6 @@ def main() -> None:
         args.out / "prometheus.yml",
     )
     dump(alertmanager_config(args.secrets_dir.resolve()), args.out / "alertmanager.yml")
-    if args.ha:
-        dump_ha(args)
 
 
 if __name__ == "__main__":

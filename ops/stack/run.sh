@@ -8,10 +8,6 @@
 # Ports (override through the environment):
 #   HITL_PORT=8000  STACK_PROMETHEUS_PORT=9090  STACK_ALERTMANAGER_PORT=9093
 #   STACK_POSTGRES_EXPORTER_PORT=9187  STACK_REDIS_EXPORTER_PORT=9121
-# STACK_SCRAPE_INTERVAL (e.g. 5s) overrides every scrape interval; by default they are
-# the compose ones (10 s for hitl-api, 30 s for the rest).
-# State lives in STACK_DIR (default .local/stack): rendered configs, TSDB, logs.
-#
 # HA=1 (`make stack HA=1`): the compose shape of the monitoring stack -- a Prometheus HA
 # pair (replica A on STACK_PROMETHEUS_PORT, B on STACK_PROMETHEUS_B_PORT=9092), two
 # Alertmanagers clustered over gossip on loopback (B's API on STACK_ALERTMANAGER_B_PORT=
@@ -20,6 +16,10 @@
 # remote-write to. Off by default: on one workstation a pair proves the configs, not
 # survival of a machine, and a lone Prometheus on 9090 is what `make run` needs; the HA
 # behaviour itself is tested on every `make test` (tests/ha/test_monitoring_ha.py).
+#
+# STACK_SCRAPE_INTERVAL (e.g. 5s) overrides every scrape interval; by default they are
+# the compose ones (10 s for hitl-api, 30 s for the rest).
+# State lives in STACK_DIR (default .local/stack): rendered configs, TSDB, logs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -34,6 +34,10 @@ REDIS_EXPORTER_PORT=${STACK_REDIS_EXPORTER_PORT:-9121}
 PG_DSN=${STACK_POSTGRES_DSN:-postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable}
 REDIS_ADDR=${STACK_REDIS_ADDR:-redis://127.0.0.1:6379}
 
+for tool in prometheus prometheus-alertmanager prometheus-postgres-exporter prometheus-redis-exporter; do
+  command -v "$tool" >/dev/null || { echo "make stack: $tool is missing (run: make tools)" >&2; exit 1; }
+done
+
 # ---------------------------------------------------------------- HA monitoring (HA=1)
 HA=${HA:-0}
 PROM_B_PORT=${STACK_PROMETHEUS_B_PORT:-9092}
@@ -47,27 +51,28 @@ VM_DEDUP=${STACK_SCRAPE_INTERVAL:-10s}
 # Without HA, --cluster.listen-address= turns off gossip: it would otherwise bind
 # 0.0.0.0:9094. With it, the two Alertmanagers gossip on loopback, each naming the other.
 am_cluster=(--cluster.listen-address=)
-ha_render=()
+ha_render=()  # render.py --ha: the pair, from the prometheus.yml rendered before
 if [ "$HA" = 1 ]; then
   command -v victoria-metrics >/dev/null || [ -x /usr/bin/victoria-metrics ] \
     || { echo "make stack: victoria-metrics is missing (run: make tools)" >&2; exit 1; }
   am_cluster=(--cluster.listen-address="127.0.0.1:$AM_CLUSTER_PORT" --cluster.peer="127.0.0.1:$AM_B_CLUSTER_PORT")
-  ha_render=(--ha --prometheus-b-port "$PROM_B_PORT" --alertmanager-b-port "$AM_B_PORT"
+  ha_render=(--ha --prometheus-port "$PROM_PORT" --prometheus-b-port "$PROM_B_PORT"
+             --alertmanager-port "$AM_PORT" --alertmanager-b-port "$AM_B_PORT"
              --victoriametrics-port "$VM_PORT")
   mkdir -p "$STACK_DIR/prometheus-b-data" "$STACK_DIR/alertmanager-b-data" "$STACK_DIR/victoriametrics-data"
 fi
 # ----------------------------------------------------------------
 
-for tool in prometheus prometheus-alertmanager prometheus-postgres-exporter prometheus-redis-exporter; do
-  command -v "$tool" >/dev/null || { echo "make stack: $tool is missing (run: make tools)" >&2; exit 1; }
-done
-
 mkdir -p "$STACK_DIR/prometheus-data" "$STACK_DIR/alertmanager-data"
 "$PYTHON" ops/stack/render.py --out "$STACK_DIR" \
   --hitl-port "$HITL_PORT" --prometheus-port "$PROM_PORT" --alertmanager-port "$AM_PORT" \
   --postgres-exporter-port "$PG_EXPORTER_PORT" --redis-exporter-port "$REDIS_EXPORTER_PORT" \
-  ${STACK_SCRAPE_INTERVAL:+--scrape-interval "$STACK_SCRAPE_INTERVAL"} "${ha_render[@]}"
+  ${STACK_SCRAPE_INTERVAL:+--scrape-interval "$STACK_SCRAPE_INTERVAL"}
 
+# HA=1: the prometheus.yml just rendered becomes replica A, prometheus-b.yml is B.
+if [ "$HA" = 1 ]; then
+  "$PYTHON" ops/stack/render.py --out "$STACK_DIR" "${ha_render[@]}"
+fi
 pids=()
 late_pids=()  # HA=1: stopped in a second round, see stop
 stop() {
@@ -111,6 +116,13 @@ DATA_SOURCE_NAME="$PG_DSN" start postgres-exporter prometheus-postgres-exporter 
 start redis-exporter prometheus-redis-exporter \
   -redis.addr "$REDIS_ADDR" -web.listen-address "127.0.0.1:$REDIS_EXPORTER_PORT"
 
+cat <<MSG
+monitoring stack running (logs in $STACK_DIR/*.log); Ctrl-C stops it
+  Prometheus   http://127.0.0.1:$PROM_PORT   (scrapes hitl-api on 127.0.0.1:$HITL_PORT: start it with make run)
+  Alertmanager http://127.0.0.1:$AM_PORT
+  exporters    postgres 127.0.0.1:$PG_EXPORTER_PORT, redis 127.0.0.1:$REDIS_EXPORTER_PORT
+MSG
+
 # ---------------------------------------------------------------- HA monitoring (HA=1)
 # prometheus.yml (started above) is replica A; B, the second Alertmanager and
 # VictoriaMetrics join it. Flags as in docker-compose.yml.
@@ -147,13 +159,6 @@ HA monitoring (HA=1):
 MSG
 fi
 # ----------------------------------------------------------------
-
-cat <<MSG
-monitoring stack running (logs in $STACK_DIR/*.log); Ctrl-C stops it
-  Prometheus   http://127.0.0.1:$PROM_PORT   (scrapes hitl-api on 127.0.0.1:$HITL_PORT: start it with make run)
-  Alertmanager http://127.0.0.1:$AM_PORT
-  exporters    postgres 127.0.0.1:$PG_EXPORTER_PORT, redis 127.0.0.1:$REDIS_EXPORTER_PORT
-MSG
 
 # If any process dies, say which and stop the rest: a half stack looks healthy but isn't.
 set +e
