@@ -226,12 +226,13 @@ def alerts_in(am: str, case: str) -> list[dict[str, Any]]:
     return list(get_json(f"{am}/api/v2/alerts?filter={matcher}"))
 
 
-def prometheus_counter(base: str, name: str) -> float:
-    """Sum of a counter in a process's own /metrics."""
+def own_counter(base: str, name: str, labels: str = "") -> float:
+    """Sum of a counter in a process's own /metrics (``labels``: the series' first ones,
+    as exposed, e.g. 'type="promremotewrite"')."""
     with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:  # loopback only
         text = response.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith((name + " ", name + "{")))
+    prefixes = (f"{name}{{{labels}",) if labels else (name + " ", name + "{")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefixes))
 
 
 # ---------------------------------------------------------------- the fixture
@@ -572,11 +573,16 @@ def test_victoriametrics_holds_the_live_service_series_once(ha: HA) -> None:
     assert "replica" not in labels
     assert len(query(ha.vm, '{__name__=~"hitl_.+|http_requests_total", job="hitl-api"}')) > 1
 
-    # Both replicas wrote (each counts the samples it sent), VictoriaMetrics took both.
+    # Both replicas wrote (each counts the samples it sent), and VictoriaMetrics took more
+    # rows than either one sent: both replicas' samples, deduplicated only when read.
+    sent = {}
     for replica, prom in ha.prometheus.items():
-        sent = poll(f"replica {replica} remote-wrote", lambda prom=prom: prometheus_counter(
+        sent[replica] = poll(f"replica {replica} remote-wrote", lambda prom=prom: own_counter(
             prom, "prometheus_remote_storage_samples_total"))
-        FIGURES[f"replica {replica} samples remote-written"] = sent
+        FIGURES[f"replica {replica} samples remote-written"] = sent[replica]
+    received = own_counter(ha.vm, "vm_rows_inserted_total", 'type="promremotewrite"')
+    FIGURES["rows VictoriaMetrics took by remote write"] = received
+    assert received > max(sent.values()), (sent, received)
 
     # Over the same 20 s, each replica holds ~20 samples of the series (1 s scrapes) and
     # VictoriaMetrics received ~40: deduplicated, it returns no more than one replica.
@@ -587,9 +593,10 @@ def test_victoriametrics_holds_the_live_service_series_once(ha: HA) -> None:
         (result,) = query(base, expr, at)
         return float(result["value"][1])
 
-    poll(f"{window} s of samples in replica A", lambda: samples(ha.prometheus["A"]) >= window - 2,
-         timeout=window + 15)
-    at = time.time() - 3  # older than VictoriaMetrics' 1 s latency offset, and batches sent
+    # At 3 s ago: past VictoriaMetrics' 1 s latency offset and the 1 s batch deadline.
+    poll(f"{window} s of samples in replica A",
+         lambda: samples(ha.prometheus["A"], time.time() - 3) >= window - 2, timeout=window + 15)
+    at = time.time() - 3
     per_replica = {replica: samples(prom, at) for replica, prom in ha.prometheus.items()}
     in_vm = samples(ha.vm, at)
     FIGURES["samples in 20 s: replica A / B / VictoriaMetrics"] = f"{per_replica['A']:g} / {per_replica['B']:g} / {in_vm:g}"
