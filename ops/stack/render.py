@@ -9,7 +9,11 @@ only what differs without Docker is rewritten here:
   scrape on this machine (node, cAdvisor, Grafana, Loki, Jaeger) are dropped rather
   than left permanently down;
 * rule files and templates: absolute paths, since the rendered file lives elsewhere;
-* secrets: /run/secrets/<name> (compose secrets) becomes <secrets_dir>/<name>.
+* secrets: /run/secrets/<name> (compose secrets) becomes <secrets_dir>/<name>;
+* the HA pair (a second run with --ha, `make stack HA=1`): prometheus.yml becomes replica
+  A and prometheus-b.yml is B: the single config with both Alertmanagers, both replicas'
+  self-scrapes, VictoriaMetrics and the replica label A / B (compose expands it from the
+  environment). A lone Prometheus is replica A and writes to no remote storage.
 
 With replicas (`make stack REPLICAS=3`), also: the HAProxy config in front of them
 (ops/haproxy/haproxy.cfg.template) and a file_sd target file from which Prometheus
@@ -87,7 +91,101 @@ def prometheus_config(
     config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [alertmanager]}]}]
     base = PROMETHEUS_YML.parent
     config["rule_files"] = rule_files or [str(base / pattern) for pattern in config["rule_files"]]
+    one_replica(config)
     return config
+
+
+# ---------------------------------------------------------------- HA monitoring
+# The Prometheus HA pair, the Alertmanager cluster and VictoriaMetrics (`make stack HA=1`,
+# tests/ha/test_monitoring_ha.py). Kept apart from the single-process rendering above:
+# the pair is derived from whatever that rendering produced, so both replicas scrape
+# exactly what the single Prometheus scrapes.
+
+REPLICAS = ("A", "B")
+
+
+def one_replica(config: dict[str, Any]) -> None:
+    """A lone Prometheus: replica A (compose expands the label from each container's
+    environment; a loopback process has none) and no remote storage to write to."""
+    config["global"].setdefault("external_labels", {})["replica"] = REPLICAS[0]
+    config.pop("remote_write", None)
+
+
+def ha_prometheus_configs(
+    single: dict[str, Any],
+    *,
+    prometheus: list[str],
+    alertmanagers: list[str],
+    victoriametrics: str,
+    source: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Replica -> config of the HA pair, from a single-process config (prometheus_config).
+
+    Both replicas alert to every Alertmanager, scrape both Prometheus and every
+    Alertmanager (the same targets, so their samples deduplicate), scrape and
+    remote-write to VictoriaMetrics with the compose config's write_relabel_configs, and
+    differ in nothing but ``external_labels.replica``.
+    """
+    original = source if source is not None else load(PROMETHEUS_YML)
+    for address in [*prometheus, *alertmanagers, victoriametrics]:
+        if not address.startswith(f"{LOOPBACK}:"):
+            raise ValueError(f"{address} is not a loopback address")
+    base = copy.deepcopy(single)
+    base["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": list(alertmanagers)}]}]
+    own = {
+        "prometheus": prometheus,
+        "alertmanager": alertmanagers,
+        "victoriametrics": [victoriametrics],
+    }
+    jobs = {job["job_name"]: job for job in base["scrape_configs"]}
+    for name, targets in own.items():
+        if name not in jobs:
+            # Not scraped by a lone Prometheus (VictoriaMetrics): the compose job, which
+            # follows the global interval, overridden or not.
+            (job,) = [copy.deepcopy(j) for j in original["scrape_configs"] if j["job_name"] == name]
+            base["scrape_configs"].append(job)
+            jobs[name] = job
+        jobs[name]["static_configs"] = [{"targets": list(targets)}]
+    writes = copy.deepcopy(original["remote_write"])
+    for write in writes:
+        write["url"] = f"http://{victoriametrics}/api/v1/write"
+    base["remote_write"] = writes
+    configs = {}
+    for replica in REPLICAS:
+        config = copy.deepcopy(base)
+        config["global"]["external_labels"]["replica"] = replica
+        configs[replica] = config
+    return configs
+
+
+def dump_ha(args: argparse.Namespace) -> None:
+    """The single-process prometheus.yml becomes replica A; prometheus-b.yml is B."""
+    single = load(args.out / "prometheus.yml")
+    def loopback(*ports: int) -> list[str]:
+        return [f"{LOOPBACK}:{port}" for port in ports]
+
+    configs = ha_prometheus_configs(
+        single,
+        prometheus=loopback(args.prometheus_port, args.prometheus_b_port),
+        alertmanagers=loopback(args.alertmanager_port, args.alertmanager_b_port),
+        victoriametrics=loopback(args.victoriametrics_port)[0],
+    )
+    dump(configs["A"], args.out / "prometheus.yml")
+    dump(configs["B"], args.out / "prometheus-b.yml")
+
+
+def add_ha_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("HA monitoring (make stack HA=1)")
+    group.add_argument(
+        "--ha", action="store_true",
+        help="only turn the prometheus.yml in --out into replica A, and write prometheus-b.yml",
+    )
+    group.add_argument("--prometheus-b-port", type=int, default=9092)
+    group.add_argument("--alertmanager-b-port", type=int, default=9095)
+    group.add_argument("--victoriametrics-port", type=int, default=8428)
+
+
+# ---------------------------------------------------------------- Alertmanager
 
 
 def alertmanager_config(
@@ -196,6 +294,7 @@ def dump(config: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_ha_arguments(parser)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--hitl-port", type=int, default=8000)
     parser.add_argument("--prometheus-port", type=int, default=9090)
@@ -215,6 +314,9 @@ def main() -> None:
     )
     parser.add_argument("--haproxy-stats-port", type=int, default=8404)
     args = parser.parse_args()
+    if args.ha:
+        dump_ha(args)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     alertmanager = f"{LOOPBACK}:{args.alertmanager_port}"
     targets = {

@@ -8,6 +8,15 @@
 # Ports (override through the environment):
 #   HITL_PORT=8000  STACK_PROMETHEUS_PORT=9090  STACK_ALERTMANAGER_PORT=9093
 #   STACK_POSTGRES_EXPORTER_PORT=9187  STACK_REDIS_EXPORTER_PORT=9121
+# HA=1 (`make stack HA=1`): the compose shape of the monitoring stack -- a Prometheus HA
+# pair (replica A on STACK_PROMETHEUS_PORT, B on STACK_PROMETHEUS_B_PORT=9092), two
+# Alertmanagers clustered over gossip on loopback (B's API on STACK_ALERTMANAGER_B_PORT=
+# 9095; gossip on STACK_ALERTMANAGER_CLUSTER_PORT=9094 and STACK_ALERTMANAGER_B_CLUSTER_PORT=
+# 9096) and VictoriaMetrics (STACK_VICTORIAMETRICS_PORT=8428) that both replicas
+# remote-write to. Off by default: on one workstation a pair proves the configs, not
+# survival of a machine, and a lone Prometheus on 9090 is what `make run` needs; the HA
+# behaviour itself is tested on every `make test` (tests/ha/test_monitoring_ha.py).
+#
 # STACK_SCRAPE_INTERVAL (e.g. 5s) overrides every scrape interval; by default they are
 # the compose ones (10 s for hitl-api, 30 s for the rest).
 # State lives in STACK_DIR (default .local/stack): rendered configs, TSDB, logs.
@@ -66,6 +75,31 @@ for tool in prometheus prometheus-alertmanager prometheus-postgres-exporter prom
   command -v "$tool" >/dev/null || { echo "make stack: $tool is missing (run: make tools)" >&2; exit 1; }
 done
 
+# ---------------------------------------------------------------- HA monitoring (HA=1)
+HA=${HA:-0}
+PROM_B_PORT=${STACK_PROMETHEUS_B_PORT:-9092}
+AM_B_PORT=${STACK_ALERTMANAGER_B_PORT:-9095}
+AM_CLUSTER_PORT=${STACK_ALERTMANAGER_CLUSTER_PORT:-9094}
+AM_B_CLUSTER_PORT=${STACK_ALERTMANAGER_B_CLUSTER_PORT:-9096}
+VM_PORT=${STACK_VICTORIAMETRICS_PORT:-8428}
+# VictoriaMetrics keeps one sample per this interval and series: the scrape interval of
+# hitl-api (10 s), so the two replicas' samples of a series collapse into one.
+VM_DEDUP=${STACK_SCRAPE_INTERVAL:-10s}
+# Without HA, --cluster.listen-address= turns off gossip: it would otherwise bind
+# 0.0.0.0:9094. With it, the two Alertmanagers gossip on loopback, each naming the other.
+am_cluster=(--cluster.listen-address=)
+ha_render=()  # render.py --ha: the pair, from the prometheus.yml rendered before
+if [ "$HA" = 1 ]; then
+  command -v victoria-metrics >/dev/null || [ -x /usr/bin/victoria-metrics ] \
+    || { echo "make stack: victoria-metrics is missing (run: make tools)" >&2; exit 1; }
+  am_cluster=(--cluster.listen-address="127.0.0.1:$AM_CLUSTER_PORT" --cluster.peer="127.0.0.1:$AM_B_CLUSTER_PORT")
+  ha_render=(--ha --prometheus-port "$PROM_PORT" --prometheus-b-port "$PROM_B_PORT"
+             --alertmanager-port "$AM_PORT" --alertmanager-b-port "$AM_B_PORT"
+             --victoriametrics-port "$VM_PORT")
+  mkdir -p "$STACK_DIR/prometheus-b-data" "$STACK_DIR/alertmanager-b-data" "$STACK_DIR/victoriametrics-data"
+fi
+# ----------------------------------------------------------------
+
 mkdir -p "$STACK_DIR/prometheus-data" "$STACK_DIR/alertmanager-data"
 "$PYTHON" ops/stack/render.py --out "$STACK_DIR" \
   --hitl-port "$HITL_PORT" --prometheus-port "$PROM_PORT" --alertmanager-port "$AM_PORT" \
@@ -73,10 +107,23 @@ mkdir -p "$STACK_DIR/prometheus-data" "$STACK_DIR/alertmanager-data"
   ${STACK_SCRAPE_INTERVAL:+--scrape-interval "$STACK_SCRAPE_INTERVAL"} \
   "${RENDER_REPLICA_ARGS[@]}"
 
+# HA=1: the prometheus.yml just rendered becomes replica A, prometheus-b.yml is B.
+if [ "$HA" = 1 ]; then
+  "$PYTHON" ops/stack/render.py --out "$STACK_DIR" "${ha_render[@]}"
+fi
 pids=()
+late_pids=()  # HA=1: stopped in a second round, see stop
 stop() {
   trap - EXIT INT TERM
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # HA=1: VictoriaMetrics and one Alertmanager once the rest is gone, so the Prometheus
+  # pair flushes its remote-write queue into a running VictoriaMetrics and the other
+  # Alertmanager leaves the cluster while its peer can acknowledge (both at once wait
+  # 10 s for each other).
+  if [ "${#late_pids[@]}" -gt 0 ]; then
+    wait "${pids[@]}" 2>/dev/null || true
+    for pid in "${late_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  fi
   wait 2>/dev/null || true
 }
 trap stop EXIT
@@ -126,14 +173,13 @@ start prometheus prometheus \
   --storage.tsdb.retention.time=30d --storage.tsdb.retention.size=10GB \
   --web.listen-address="127.0.0.1:$PROM_PORT" \
   --web.external-url="http://127.0.0.1:$PROM_PORT"
-# --cluster.listen-address= turns off gossip: it would otherwise bind 0.0.0.0:9094.
 start alertmanager prometheus-alertmanager \
   --config.file="$STACK_DIR/alertmanager.yml" \
   --storage.path="$STACK_DIR/alertmanager-data" \
   --data.retention=120h \
   --web.listen-address="127.0.0.1:$AM_PORT" \
   --web.external-url="http://127.0.0.1:$AM_PORT" \
-  --cluster.listen-address=
+  "${am_cluster[@]}"
 DATA_SOURCE_NAME="$PG_DSN" start postgres-exporter prometheus-postgres-exporter \
   --web.listen-address="127.0.0.1:$PG_EXPORTER_PORT"
 start redis-exporter prometheus-redis-exporter \
@@ -149,6 +195,43 @@ monitoring stack running (logs in $STACK_DIR/*.log); Ctrl-C stops it
   Alertmanager http://127.0.0.1:$AM_PORT
   exporters    postgres 127.0.0.1:$PG_EXPORTER_PORT, redis 127.0.0.1:$REDIS_EXPORTER_PORT
 MSG
+
+# ---------------------------------------------------------------- HA monitoring (HA=1)
+# prometheus.yml (started above) is replica A; B, the second Alertmanager and
+# VictoriaMetrics join it. Flags as in docker-compose.yml.
+late() {  # the process started last stops in stop's second round
+  late_pids+=("${pids[-1]}")
+  unset 'pids[-1]'
+}
+if [ "$HA" = 1 ]; then
+  start victoriametrics "$(command -v victoria-metrics || echo /usr/bin/victoria-metrics)" \
+    -httpListenAddr="127.0.0.1:$VM_PORT" \
+    -storageDataPath="$STACK_DIR/victoriametrics-data" \
+    -retentionPeriod=1y \
+    -dedup.minScrapeInterval="$VM_DEDUP"
+  late
+  start prometheus-b prometheus \
+    --config.file="$STACK_DIR/prometheus-b.yml" \
+    --storage.tsdb.path="$STACK_DIR/prometheus-b-data" \
+    --storage.tsdb.retention.time=30d --storage.tsdb.retention.size=10GB \
+    --web.listen-address="127.0.0.1:$PROM_B_PORT" \
+    --web.external-url="http://127.0.0.1:$PROM_B_PORT"
+  start alertmanager-b prometheus-alertmanager \
+    --config.file="$STACK_DIR/alertmanager.yml" \
+    --storage.path="$STACK_DIR/alertmanager-b-data" \
+    --data.retention=120h \
+    --web.listen-address="127.0.0.1:$AM_B_PORT" \
+    --web.external-url="http://127.0.0.1:$AM_B_PORT" \
+    --cluster.listen-address="127.0.0.1:$AM_B_CLUSTER_PORT" --cluster.peer="127.0.0.1:$AM_CLUSTER_PORT"
+  late
+  cat <<MSG
+HA monitoring (HA=1):
+  Prometheus B   http://127.0.0.1:$PROM_B_PORT   (replica B; http://127.0.0.1:$PROM_PORT is replica A)
+  Alertmanager B http://127.0.0.1:$AM_B_PORT   (gossip 127.0.0.1:$AM_CLUSTER_PORT <-> 127.0.0.1:$AM_B_CLUSTER_PORT)
+  VictoriaMetrics http://127.0.0.1:$VM_PORT   (both replicas remote-write; dedup $VM_DEDUP, 1 year)
+MSG
+fi
+# ----------------------------------------------------------------
 
 # If any process dies, say which and stop the rest: a half stack looks healthy but isn't.
 set +e

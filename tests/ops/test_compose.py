@@ -43,6 +43,9 @@ STARTS_AFTER_HEALTHY = {
     ("hitl-migrate", "postgres"),
     ("hitl-api", "postgres"), ("hitl-api", "redis"),
     ("postgres-exporter", "postgres"), ("redis-exporter", "redis"),
+    # HA monitoring: each Prometheus replica after its own Alertmanager; Grafana after
+    # its long-term datasource.
+    ("prometheus-b", "alertmanager-b"), ("grafana", "victoriametrics"),
 }
 # The seed's validation commands (TESTING & VALIDATION), verbatim.
 SEED_COMMANDS = (
@@ -167,6 +170,7 @@ def test_the_stack_has_every_service() -> None:
     assert set(SPEC["services"]) >= {
         "hitl-api", "postgres", "redis", "prometheus", "grafana", "alertmanager", "jaeger",
         "loki", "promtail", "postgres-exporter", "redis-exporter", "node-exporter", "cadvisor",
+        "prometheus-b", "alertmanager-b", "victoriametrics",
     }
 
 
@@ -176,7 +180,9 @@ def test_services_have_one_network_and_persistent_volumes() -> None:
         assert service["networks"] == ["hitl"], name
     named = set(SPEC["volumes"])
     for name, path in (("postgres", "/var/lib/postgresql/data"), ("prometheus", "/prometheus"),
-                       ("grafana", "/var/lib/grafana"), ("alertmanager", "/alertmanager"), ("loki", "/loki")):
+                       ("grafana", "/var/lib/grafana"), ("alertmanager", "/alertmanager"), ("loki", "/loki"),
+                       ("prometheus-b", "/prometheus"), ("alertmanager-b", "/alertmanager"),
+                       ("victoriametrics", "/storage")):
         mounts = [v.split(":") for v in SPEC["services"][name]["volumes"]]
         assert any(src in named and dst == path for src, dst, *_ in mounts), name
 
@@ -371,3 +377,74 @@ def test_docs_docker_commands_name_containers_that_exist() -> None:
     for doc in DOCS:
         for match in re.finditer(r"\bdocker\s+network\s+inspect\s+([A-Za-z0-9][\w-]*)", doc.read_text()):
             assert match.group(1) in networks, f"{doc.relative_to(ROOT)}: `{match.group(0)}` names no network"
+
+
+# ---------------------------------------------------------------- HA monitoring
+# The Prometheus HA pair, the Alertmanager cluster and VictoriaMetrics (issue 12). Their
+# behaviour (one notification, failover, shared silences, deduplicated long-term series)
+# is proved with the real processes in tests/ha/test_monitoring_ha.py; these hold the
+# compose file to the same shape.
+
+PROMETHEUS_YML = ROOT / "ops" / "prometheus" / "prometheus.yml"
+
+
+def _flags(service: str) -> dict[str, str]:
+    command = SERVICES[service]["command"]
+    return dict(arg.partition("=")[::2] for arg in command)
+
+
+def test_prometheus_replicas_differ_only_in_the_replica_label_and_identity() -> None:
+    """prometheus-b is prometheus with replica B: the same image, config mount and flags
+    but for its external URL, and the replica label its one config file expands from
+    PROMETHEUS_REPLICA (A / B)."""
+    a, b = SERVICES["prometheus"], SERVICES["prometheus-b"]
+    identity = {"container_name", "environment", "volumes", "ports", "depends_on", "command"}
+    assert {k: v for k, v in a.items() if k not in identity} == {k: v for k, v in b.items() if k not in identity}
+    fa, fb = _flags("prometheus"), _flags("prometheus-b")
+    assert fa.pop("--web.external-url") != fb.pop("--web.external-url")
+    assert fa == fb and fa["--enable-feature"] == "expand-external-labels"
+    assert (a["environment"], b["environment"]) == ({"PROMETHEUS_REPLICA": "A"}, {"PROMETHEUS_REPLICA": "B"})
+    assert a["volumes"][0] == b["volumes"][0] == "./ops/prometheus:/etc/prometheus:ro"
+    assert a["volumes"][1] != b["volumes"][1]
+    config = yaml.safe_load(PROMETHEUS_YML.read_text())
+    assert config["global"]["external_labels"]["replica"] == "${PROMETHEUS_REPLICA}"
+
+
+def test_both_prometheus_alert_to_both_alertmanagers_without_the_replica_label() -> None:
+    """Every alert goes to both Alertmanagers, without `replica` (so the two replicas'
+    copies are one alert), and both Alertmanagers are services of this file."""
+    config = yaml.safe_load(PROMETHEUS_YML.read_text())
+    (alertmanagers,) = config["alerting"]["alertmanagers"]
+    targets = alertmanagers["static_configs"][0]["targets"]
+    assert sorted(t.split(":")[0] for t in targets) == ["alertmanager", "alertmanager-b"]
+    assert {"action": "labeldrop", "regex": "replica"} in config["alerting"]["alert_relabel_configs"]
+
+
+def test_alertmanagers_gossip_with_each_other() -> None:
+    """Each Alertmanager listens for gossip and names the other as its peer, on the port
+    the other listens on; both run the same config and secrets."""
+    for name, peer in (("alertmanager", "alertmanager-b"), ("alertmanager-b", "alertmanager")):
+        flags, peer_flags = _flags(name), _flags(peer)
+        listen_port = peer_flags["--cluster.listen-address"].rsplit(":", 1)[1]
+        assert flags["--cluster.peer"] == f"{peer}:{listen_port}", name
+    a, b = SERVICES["alertmanager"], SERVICES["alertmanager-b"]
+    assert a["image"] == b["image"] and a["secrets"] == b["secrets"]
+    assert a["volumes"][:2] == b["volumes"][:2] and a["volumes"][2] != b["volumes"][2]
+    assert _flags("alertmanager-b")["--data.retention"] == "120h"
+
+
+def test_victoriametrics_deduplicates_the_pairs_remote_writes() -> None:
+    """Both replicas remote-write to the victoriametrics service without `replica`; it
+    keeps one sample per hitl-api scrape interval and a year of history."""
+    vm = SERVICES["victoriametrics"]
+    assert vm["image"].startswith("victoriametrics/victoria-metrics:v")
+    flags = _flags("victoriametrics")
+    config = yaml.safe_load(PROMETHEUS_YML.read_text())
+    (api,) = [job for job in config["scrape_configs"] if job["job_name"] == "hitl-api"]
+    assert flags["-dedup.minScrapeInterval"] == api["scrape_interval"]
+    assert flags["-retentionPeriod"] == "1y"
+    port = flags["-httpListenAddr"].rsplit(":", 1)[1]
+    (write,) = config["remote_write"]
+    assert write["url"] == f"http://victoriametrics:{port}/api/v1/write"
+    assert {"action": "labeldrop", "regex": "replica"} in write["write_relabel_configs"]
+    assert f"127.0.0.1:{port}" in " ".join(vm["healthcheck"]["test"])

@@ -330,3 +330,17 @@ def test_alert_dashboard_links_point_at_existing_dashboards(tmp_path: Path) -> N
     for rule in alert_rules():
         uid = rule["annotations"]["dashboard_url"].split("/d/", 1)[1].split("/", 1)[0]
         assert uid in uids, rule["alert"]
+
+
+def test_victoriametrics_is_a_prometheus_datasource_of_the_compose_service() -> None:
+    """Long-term storage (HA monitoring): a Prometheus-type datasource, so the dashboards'
+    datasource variable offers it, pointing at the compose service's port; Prometheus
+    stays the default."""
+    config = yaml.safe_load((PROVISIONING / "datasources" / "datasources.yml").read_text())
+    by_uid = {d["uid"]: d for d in config["datasources"]}
+    vm = by_uid["victoriametrics"]
+    assert vm["type"] == "prometheus" and not vm.get("isDefault")
+    compose = yaml.safe_load((OPS.parent / "docker-compose.yml").read_text())
+    flags = dict(arg.partition("=")[::2] for arg in compose["services"]["victoriametrics"]["command"])
+    assert vm["url"] == f"http://victoriametrics:{flags['-httpListenAddr'].rsplit(':', 1)[1]}"
+    assert [d["uid"] for d in config["datasources"] if d.get("isDefault")] == ["prometheus"]

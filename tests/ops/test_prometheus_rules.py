@@ -241,7 +241,9 @@ def test_prometheus_config_scrapes_the_stack_at_the_seed_intervals() -> None:
     for name, job in jobs.items():
         if name != "hitl-api":
             assert job.get("scrape_interval", "30s") == "30s", name
-    assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
+        "alertmanager:9093", "alertmanager-b:9093",
+    ]
 
 
 def test_promtool_test_files_load_every_rule_file_they_need(tmp_path: Path) -> None:
