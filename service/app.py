@@ -33,6 +33,7 @@ from .keys import (
     REVIEWS,
     SETTINGS,
 )
+from .live import setup_live
 from .metrics import ReviewMetrics
 from .outbox import OutboxPolicy, OutboxWorker
 from .retention import OutboxPruner, RetentionPolicy
@@ -76,6 +77,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(outbox_retention_ctx)
     app.cleanup_ctx.append(cache_evictions_ctx)
     app.cleanup_ctx.append(api_keys_ctx)
+    setup_live(app)
 
     async def collect_pool_usage() -> None:
         if DB in app:

@@ -25,6 +25,9 @@ class SettingsError(ValueError):
 
 # Health probes and the scrape: not traced, access-logged at debug, not in the SLOs.
 PROBE_ROUTES = ("/api/health", "/metrics")
+# The console's live stream (service/live) lasts as long as the page is open: traced
+# and access-logged like any request, but its duration is no latency, so not in the SLOs.
+LONG_LIVED_ROUTES = ("/console/live",)
 
 
 def telemetry_settings(**overrides: Any) -> TelemetrySettings:
@@ -39,7 +42,7 @@ def telemetry_settings(**overrides: Any) -> TelemetrySettings:
         problem_type_base="https://hitl.dev/problems/",
         metric_prefix="hitl_",
         probe_prefixes=PROBE_ROUTES,
-        slo_excluded_prefixes=PROBE_ROUTES,
+        slo_excluded_prefixes=PROBE_ROUTES + LONG_LIVED_ROUTES,
     )
     return replace(hitl, **overrides)
 
@@ -102,6 +105,11 @@ class Settings:
     # The backlog gauges are read from PostgreSQL at most this often, however many
     # scrapers (Prometheus scrapes every 10 s).
     queue_metrics_interval_seconds: float = 15.0
+    # The console's live stream (service/live): a keepalive comment after this many
+    # quiet seconds, and at most this many frames waiting per stream before a browser
+    # that does not keep up is dropped (it reconnects and reloads).
+    live_keepalive_seconds: float = 15.0
+    live_queue_size: int = 64
     enable_test_routes: bool = False
     telemetry: TelemetrySettings = field(default_factory=telemetry_settings)
 
@@ -240,5 +248,7 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "outbox_prune_interval_seconds": _positive_float,
     "cache_stats_interval_seconds": _positive_float,
     "queue_metrics_interval_seconds": _positive_float,
+    "live_keepalive_seconds": _positive_float,
+    "live_queue_size": _positive_int,
     "enable_test_routes": _boolean,
 }

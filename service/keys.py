@@ -3,6 +3,7 @@ the service declares them (telemetry declares its own in telemetry/keys.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from .auth import ApiKeys
     from .config import Settings
     from .domain.reviews import ReviewService
+    from .live.hub import LiveHub
     from .metrics import ReviewMetrics
     from .server import Drain
     from .storage.cache import Cache
@@ -28,3 +30,9 @@ DRAIN: web.AppKey[Drain] = web.AppKey("drain")
 API_KEYS: web.AppKey[ApiKeys] = web.AppKey("api_keys")
 HTTP_CLIENT: web.AppKey[aiohttp.ClientSession] = web.AppKey("http_client", aiohttp.ClientSession)
 OPENAPI_DOCUMENT: web.AppKey[dict[str, Any]] = web.AppKey("openapi_document", dict)
+# Who may open the console's live stream (service/live): returns who is asking, or
+# raises an error answered 401/403. Replaceable (the console's session check).
+LIVE_AUTHORIZE: web.AppKey[Callable[[web.Request], Awaitable[object]]] = web.AppKey(
+    "live_authorize"
+)
+LIVE_HUB: web.AppKey[LiveHub] = web.AppKey("live_hub")

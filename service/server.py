@@ -86,18 +86,25 @@ REFUSAL_LOG_INTERVAL_SECONDS = 10.0
 
 
 class Drain:
-    """Whether the process is draining, and how many requests are in a handler."""
+    """Whether the process is draining, and how many requests are in a handler.
 
-    __slots__ = ("_idle", "draining", "in_flight")
+    ``on_start``: called when the drain starts, for requests that would never end by
+    themselves (the console's live streams, service/live) and must not hold the
+    in-flight wait up to its grace."""
+
+    __slots__ = ("_idle", "draining", "in_flight", "on_start")
 
     def __init__(self) -> None:
         self.draining = False
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.on_start: list[Callable[[], None]] = []
 
     def start(self) -> None:
         self.draining = True
+        for callback in self.on_start:
+            callback()
 
     def entered(self) -> None:
         self.in_flight += 1

@@ -160,3 +160,31 @@ class ReviewEvents(Protocol):
     def record_review_decision(self, *, decision: str, severity: str, duration: float) -> None: ...
 
     def record_apv_validation(self, *, pattern_type: str, result: str, duration: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewChange:
+    """A committed change to a review, as the live console shows it: a submission
+    (``decision``, ``decided_by``, ``decided_at`` None) or a decision. ``at`` is when
+    it was reported."""
+
+    type: str  # "review.submitted" | "review.decided"
+    review_id: str
+    status: str
+    severity: str
+    source: str
+    cve_id: str
+    package: str
+    decision: str | None
+    decided_by: str | None
+    decided_at: datetime | None
+    at: datetime
+
+
+class ReviewFeed(Protocol):
+    """Where the domain announces committed changes to whoever watches the queue
+    (``service.live.publisher.RedisFeed`` satisfies it). Called after the commit and
+    after the cache holds the new state, so a watcher that reloads on the news reads
+    it; must never raise nor wait long: the change is committed whatever happens here."""
+
+    async def publish(self, change: ReviewChange) -> None: ...

@@ -20,7 +20,9 @@ from .ports import (
     DecisionRequest,
     Notification,
     ReviewCache,
+    ReviewChange,
     ReviewEvents,
+    ReviewFeed,
     ReviewRepository,
     Row,
 )
@@ -54,6 +56,17 @@ def _no_trace_context() -> dict[str, str]:
     return {}
 
 
+class _NoFeed:
+    """Nobody watches: the feed until the live updates are wired (service/live)."""
+
+    async def publish(self, change: ReviewChange) -> None:
+        pass
+
+
+SUBMITTED = "review.submitted"
+DECIDED = "review.decided"
+
+
 class ReviewService:
     def __init__(
         self,
@@ -64,10 +77,13 @@ class ReviewService:
         *,
         on_notification: Callable[[], None] = lambda: None,
         trace_carrier: Callable[[], dict[str, str]] = _no_trace_context,
+        feed: ReviewFeed | None = None,
     ) -> None:
         """``trace_carrier`` returns the current trace context as W3C headers; stored
-        with each notification so its delivery continues the decision's trace."""
+        with each notification so its delivery continues the decision's trace.
+        ``feed`` hears of every committed submission and decision (the live console)."""
         self.on_notification = on_notification
+        self.feed: ReviewFeed = feed if feed is not None else _NoFeed()
         self.store = store
         self.cache = cache
         self.metrics = metrics
@@ -103,6 +119,8 @@ class ReviewService:
             )
         await self.cache.delete(self._stats_key())
         review = review_json(row, [r.as_json() for r in results], [])
+        # Last: announced once committed and the cache no longer holds older stats.
+        await self.feed.publish(change_of(SUBMITTED, row, None))
         return Submitted(review, created=True)
 
     # -- reading --------------------------------------------------------------------
@@ -220,6 +238,10 @@ class ReviewService:
                 self._review_key(review_id), review, self.policy.review_cache_ttl_seconds
             )
             await self.cache.delete(self._stats_key())
+            # Last: a console that reloads the review on this news must read the new
+            # state, which the cache holds only now. A replay announces nothing: the
+            # original did.
+            await self.feed.publish(change_of(DECIDED, decided.review, decided.record))
         return Judged(review, replayed=decided.replayed)
 
     # -- helpers --------------------------------------------------------------------
@@ -292,6 +314,24 @@ def notification(row: Row, record: Row) -> dict[str, Any]:
         "modifications": record["modifications"],
         "decided_at": _iso(record["decided_at"]),
     }
+
+
+def change_of(kind: str, row: Row, record: Row | None) -> ReviewChange:
+    """What the live console is told of a committed submission (``record`` None) or
+    decision (``record`` the decision record appended)."""
+    return ReviewChange(
+        type=kind,
+        review_id=str(row["id"]),
+        status=str(row["status"]),
+        severity=str(row["severity"]),
+        source=str(row["source"]),
+        cve_id=str(row["cve_id"]),
+        package=str(row["package_name"]),
+        decision=None if record is None else str(record["decision"]),
+        decided_by=None if record is None else str(record["reviewer"]),
+        decided_at=None if record is None else record["decided_at"],
+        at=datetime.now(UTC),
+    )
 
 
 def check_uuid(review_id: str) -> None:

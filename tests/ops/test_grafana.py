@@ -32,6 +32,7 @@ SERVICE_COUNTERS_AND_GAUGES = {
     "hitl_cache_circuit_state", "hitl_cache_circuit_opened_total", "hitl_http_connections_open",
     "hitl_http_connections_refused_total", "hitl_http_requests_unparsable_total",
     "review_queue_pending", "review_queue_oldest_pending_seconds",
+    "hitl_live_connections_open", "hitl_live_events_published_total", "hitl_live_events_delivered_total",
 }
 SERVICE_HISTOGRAMS = {
     "http_request_duration_seconds", "http_request_size_bytes", "http_response_size_bytes",

@@ -157,6 +157,9 @@ CATALOGUE = {
     "hitl_cache_circuit_opened_total": "counter",
     "review_queue_pending": "gauge",
     "review_queue_oldest_pending_seconds": "gauge",
+    "hitl_live_connections_open": "gauge",
+    "hitl_live_events_published_total": "counter",
+    "hitl_live_events_delivered_total": "counter",
 }
 
 
