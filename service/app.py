@@ -19,6 +19,7 @@ from .api.problems import APP_ERROR_LABELS, problem_for
 from .auth import ApiKeys
 from .background import Stopping, background
 from .config import Settings
+from .console import create_console_app
 from .domain.queue import QueueMonitor
 from .domain.reviews import ReviewPolicy, ReviewService
 from .keyreload import api_keys_ctx
@@ -65,6 +66,9 @@ def create_app(settings: Settings) -> web.Application:
     if settings.enable_test_routes:
         app.router.add_routes(testing.routes)
     app[OPENAPI_DOCUMENT] = openapi.build_document(include_test_routes=settings.enable_test_routes)
+    # The reviewer console: a sub-app, so its middlewares (sessions, CSRF, headers)
+    # run on /console/ requests only, never on /api.
+    app.add_subapp("/console/", create_console_app(settings))
 
     # Order matters: each context may use what the ones before it opened, and they
     # close in reverse.

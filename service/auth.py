@@ -45,6 +45,8 @@ log = structlog.get_logger("hitl.auth")
 class Principal:
     name: str
     roles: frozenset[str]
+    # Which key authenticated: the console's session keeps it to re-check the key.
+    key_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +118,10 @@ class KeySet:
             raise Unauthenticated("unknown API key")
         if stored.expired(now):
             raise Unauthenticated("unknown API key")
-        return Principal(stored.name, stored.roles)
+        return Principal(stored.name, stored.roles, stored.key_id)
+
+    def find(self, key_id: str) -> StoredKey | None:
+        return self._by_id.get(key_id)
 
 
 class ApiKeys:
@@ -149,6 +154,14 @@ class ApiKeys:
 
     def authenticate(self, authorization: str | None, now: float | None = None) -> Principal:
         return self._keys.authenticate(authorization, time.time() if now is None else now)
+
+    def current(self, key_id: str, now: float | None = None) -> StoredKey | None:
+        """The key with this id if it is still loaded and not expired: None once it
+        was revoked (removed from the file) or reached its ``expires`` time."""
+        stored = self._keys.find(key_id)
+        if stored is None or stored.expired(time.time() if now is None else now):
+            return None
+        return stored
 
     def poll(self) -> ReloadResult | None:
         """Reload if the file changed since it was last read; None if it did not.

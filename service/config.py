@@ -111,6 +111,11 @@ class Settings:
     live_keepalive_seconds: float = 15.0
     live_queue_size: int = 64
     enable_test_routes: bool = False
+    # The reviewer console (/console/): how long a sign-in lasts, and the base URLs its
+    # queue-health page links to (Grafana's dashboards, Jaeger's trace search).
+    console_session_ttl_seconds: int = 8 * 3600
+    console_grafana_url: str = "http://127.0.0.1:3000"
+    console_jaeger_url: str = "http://127.0.0.1:16686"
     telemetry: TelemetrySettings = field(default_factory=telemetry_settings)
 
     @classmethod
@@ -209,6 +214,13 @@ def _http_url(raw: str) -> str:
     return raw
 
 
+def _base_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("an http(s) base URL like https://grafana.example.com")
+    return raw.rstrip("/")
+
+
 # Every field but ``telemetry`` is read from HITL_<FIELD NAME IN CAPITALS> with its
 # parser; a parser's ValueError message says what the value should look like.
 PARSERS: dict[str, Callable[[str], object]] = {
@@ -251,4 +263,7 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "live_keepalive_seconds": _positive_float,
     "live_queue_size": _positive_int,
     "enable_test_routes": _boolean,
+    "console_session_ttl_seconds": _positive_int,
+    "console_grafana_url": _base_url,
+    "console_jaeger_url": _base_url,
 }

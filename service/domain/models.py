@@ -55,6 +55,8 @@ class Decision(StrEnum):
 
 
 FINAL_STATUSES = frozenset({Status.APPROVED, Status.REJECTED, Status.MODIFIED})
+# The states a review waits in for a human, in the order a decision moves through them.
+OPEN_STATUSES = (Status.PENDING, Status.ESCALATED)
 
 _TARGET = {
     Decision.APPROVE: Status.APPROVED,

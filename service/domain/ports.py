@@ -97,14 +97,16 @@ class ReviewRepository(Protocol):
     async def list_reviews(
         self,
         *,
-        status: str | None,
+        statuses: Sequence[str] | None,
         severity: str | None,
         source: str | None,
         cve_id: str | None,
         after: tuple[datetime, str] | None,
         limit: int,
+        oldest_first: bool = False,
     ) -> list[Row]:
-        """Newest first, strictly after the (created_at, id) keyset ``after``."""
+        """Reviews in one of ``statuses`` (any when None), newest first (or oldest
+        first), strictly after the (created_at, id) keyset ``after`` in that order."""
         ...
 
     async def decide(

@@ -18,13 +18,12 @@ from typing import Final, Protocol
 
 import structlog
 
-from .models import Severity, Status
+from .models import OPEN_STATUSES, Severity
 from .ports import ReviewRepository
 
 log = structlog.get_logger("hitl.queue")
 
-# The states a review waits in for a human; the backlog metrics carry one as `status`.
-OPEN_STATUSES: Final = (Status.PENDING, Status.ESCALATED)
+# The backlog metrics carry one of models.OPEN_STATUSES as `status`.
 # Every label set the backlog metrics have: the closed severity set times the open states.
 QUEUE_LABEL_SETS: Final = tuple((s.value, o.value) for s in Severity for o in OPEN_STATUSES)
 # A scrape waits at most this long for a read (the telemetry collector timeout is 2 s,

@@ -9,13 +9,13 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .errors import ApvConflict, FieldError, ReviewNotFound, ValidationFailed
-from .models import Decision, Severity
+from .models import OPEN_STATUSES, Decision, Severity
 from .ports import (
     DecisionRequest,
     Notification,
@@ -145,27 +145,43 @@ class ReviewService:
     async def list(
         self,
         *,
-        status: str | None,
+        status: str | Collection[str] | None,
         severity: str | None,
         source: str | None,
         cve_id: str | None,
         cursor: str,
         limit: int,
+        oldest_first: bool = False,
     ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of reviews and the cursor of the next one (None on the last).
+        ``status``: one state, several (the console's queue: both open states), or
+        None for all. A cursor continues the order it was issued in."""
         after = decode_cursor(cursor)
+        statuses = (status,) if isinstance(status, str) else status
         rows = await self.store.list_reviews(
-            status=status,
+            statuses=None if statuses is None else tuple(statuses),
             severity=severity,
             source=source,
             cve_id=cve_id,
             after=after,
             limit=limit + 1,
+            oldest_first=oldest_first,
         )
         page, more = rows[:limit], len(rows) > limit
         validation = await self.store.validation_results([r["id"] for r in page])
         items = [review_json(r, validation.get(r["id"], []), None) for r in page]
         next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None
         return items, next_cursor
+
+    async def open_counts(self) -> dict[str, dict[str, int]]:
+        """Open reviews by state then severity, every pair present (0 when none):
+        the counts migration 0008's trigger keeps, so the cost is eight rows."""
+        counts = {s.value: {v.value: 0 for v in Severity} for s in OPEN_STATUSES}
+        for row in await self.store.queue_backlog():
+            status, severity = str(row["status"]), str(row["severity"])
+            if status in counts and severity in counts[status]:
+                counts[status][severity] = int(row["count"])
+        return counts
 
     async def stats(self) -> dict[str, Any]:
         key = self._stats_key()

@@ -64,6 +64,24 @@ FROM (SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY seconds)
 """
 
 
+# A page of reviews, keyset-paginated on (created_at, id) through
+# reviews_created_id_idx (scanned forwards or backwards), or reviews_open_queue_idx
+# when the filter is the open states.
+_PAGE_SQL = f"""
+    SELECT {_REVIEW_COLUMNS} FROM reviews
+    WHERE (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s::text[]))
+      AND (%(severity)s::text IS NULL OR severity = %(severity)s)
+      AND (%(source)s::text IS NULL OR source = %(source)s)
+      AND (%(cve_id)s::text IS NULL OR cve_id = %(cve_id)s)
+      AND (%(after_ts)s::timestamptz IS NULL
+           OR (created_at, id) {{after}} (%(after_ts)s::timestamptz, %(after_id)s::uuid))
+    ORDER BY created_at {{direction}}, id {{direction}}
+    LIMIT %(limit)s
+"""  # noqa: S608 - the f-string only inserts the fixed column list
+_PAGE_NEWEST_FIRST = _PAGE_SQL.format(after="<", direction="DESC")
+_PAGE_OLDEST_FIRST = _PAGE_SQL.format(after=">", direction="ASC")
+
+
 class ReviewStore:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -187,30 +205,21 @@ class ReviewStore:
     async def list_reviews(
         self,
         *,
-        status: str | None,
+        statuses: Sequence[str] | None,
         severity: str | None,
         source: str | None,
         cve_id: str | None,
         after: tuple[datetime, str] | None,
         limit: int,
+        oldest_first: bool = False,
     ) -> list[Row]:
-        # Each filter is "parameter IS NULL OR column = parameter": one fixed statement,
-        # so nothing is ever concatenated from input.
+        # Each filter is "parameter IS NULL OR column = parameter": one fixed statement
+        # per order, so nothing is ever concatenated from input.
         return await self.db.fetchall(
-            "select_reviews_page",
-            f"""
-            SELECT {_REVIEW_COLUMNS} FROM reviews
-            WHERE (%(status)s::text IS NULL OR status = %(status)s)
-              AND (%(severity)s::text IS NULL OR severity = %(severity)s)
-              AND (%(source)s::text IS NULL OR source = %(source)s)
-              AND (%(cve_id)s::text IS NULL OR cve_id = %(cve_id)s)
-              AND (%(after_ts)s::timestamptz IS NULL
-                   OR (created_at, id) < (%(after_ts)s::timestamptz, %(after_id)s::uuid))
-            ORDER BY created_at DESC, id DESC
-            LIMIT %(limit)s
-            """,  # noqa: S608 - the f-string only inserts the fixed column list
+            "select_reviews_page_oldest" if oldest_first else "select_reviews_page",
+            _PAGE_OLDEST_FIRST if oldest_first else _PAGE_NEWEST_FIRST,
             {
-                "status": status,
+                "statuses": None if statuses is None else list(statuses),
                 "severity": severity,
                 "source": source,
                 "cve_id": cve_id,
