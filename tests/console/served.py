@@ -53,6 +53,9 @@ CHROMIUM_FLAGS = (
     "--disable-default-apps",
     "--disable-extensions",
     "--no-default-browser-check",
+    # The console scrolls smoothly unless the user prefers reduced motion; a click
+    # that scrolls its target into view would land while the page is still moving.
+    "--force-prefers-reduced-motion",
 )
 WINDOW = (1280, 900)
 

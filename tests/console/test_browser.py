@@ -506,7 +506,6 @@ def test_sign_out_ends_the_session_on_the_server(console: Served, browser: WebDr
 
     # Back, or the queue's address again: the sign-in page, not the queue.
     browser.back()
-    browser.refresh()
     wait(browser).until(lambda d: path_of(d) == "/console/sign-in")
     browser.get(f"{console.url}/console/queue")
     wait(browser).until(lambda d: path_of(d) == "/console/sign-in")
