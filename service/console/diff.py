@@ -4,7 +4,8 @@ Each row has a kind (``meta``: file headers and anything outside hunks; ``hunk``
 ``@@`` line; ``added`` / ``removed`` / ``context``) and the line numbers it has in the
 old and new file. The text keeps its leading ``+`` / ``-`` / space, so the change is
 readable without colour. A patch that is not a unified diff (no hunk, a malformed
-``@@`` line, a hunk whose lines do not add up to its header) comes back as plain
+``@@`` line, a hunk whose lines do not add up to its header, a change line outside
+any hunk) comes back as plain
 numbered lines instead (``DiffView.is_diff`` False): the page shows it as text.
 """
 
@@ -98,12 +99,22 @@ def _parse(lines: list[str]) -> list[DiffRow]:
             hunks += 1
             rows.append(DiffRow("hunk", line))
         else:
+            if hunks and _looks_like_a_change(line):
+                # A change line beyond what its hunk header counted: the header lies
+                # about the hunk, and a reader must not take the line as applied.
+                raise _NotADiff
             # File headers (diff --git, index, ---, +++), a "\ No newline" after a
             # hunk, a mail's text around a format-patch: shown as they are.
             rows.append(DiffRow("meta", line))
     if hunks == 0 or old_left > 0 or new_left > 0:
         raise _NotADiff
     return rows
+
+
+def _looks_like_a_change(line: str) -> bool:
+    if line.startswith(("--- ", "+++ ")) or line == "-- ":  # file headers, a mail signature
+        return False
+    return line.startswith(("+", "-", " "))
 
 
 def _hunk_line_kind(line: str) -> str:

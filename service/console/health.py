@@ -26,8 +26,10 @@ async def health_page(request: web.Request) -> web.Response:
     stats = await request.config_dict[REVIEWS].stats()
     settings = request.config_dict[SETTINGS]
     service_name = request.config_dict[telemetry.SETTINGS].service_name
-    grafana = settings.console_grafana_url
-    jaeger = str(URL(settings.console_jaeger_url + "/search").with_query(service=service_name))
+    grafana = settings.console_grafana_url.rstrip("/")
+    jaeger = str(
+        URL(settings.console_jaeger_url.rstrip("/") + "/search").with_query(service=service_name)
+    )
     context: dict[str, Any] = {
         "page": "health",
         "user": request[CONSOLE_USER],

@@ -3,13 +3,13 @@ severity. Reads through ReviewService.list / open_counts, as GET /api/reviews do
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import aiohttp_jinja2
 from aiohttp import web
-from multidict import MultiMapping
 from yarl import URL
 
 from ..api import schemas
@@ -56,7 +56,7 @@ class BadFilter(web.HTTPBadRequest):
     pass
 
 
-def read_filters(query: MultiMapping[str]) -> QueueFilters:
+def read_filters(query: Mapping[str, str]) -> QueueFilters:
     """The queue's query, checked as GET /api/reviews checks its own: a value outside
     the choices, or text no review can hold, is a 400 page, not an empty queue."""
     problems = []

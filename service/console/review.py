@@ -57,7 +57,7 @@ async def review_page(request: web.Request) -> web.Response:
     review_id = _review_id(request)
     review = await request.config_dict[REVIEWS].get(review_id)
     result = request.query.get(RESULT_PARAMETER, "")
-    message = words.outcome_text(result) if result in words.DONE else None
+    message = words.outcome_text(result) if result in words.DONE.values() else None
     return _render(request, review, result_message=message)
 
 
@@ -117,7 +117,7 @@ async def decide(request: web.Request) -> web.StreamResponse:
         replayed=judged.replayed,
     )
     target = URL(f"/console/reviews/{review_id}").with_query(
-        {RESULT_PARAMETER: Decision(decision).value}
+        {RESULT_PARAMETER: words.DONE[Decision(decision).value]}
     )
     raise web.HTTPSeeOther(str(target))
 

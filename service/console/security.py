@@ -21,7 +21,6 @@ from typing import Final
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
-from multidict import MultiMapping
 from yarl import URL
 
 from .sessions import CONSOLE_USER, clear_cookie, set_cookie
@@ -106,7 +105,7 @@ def _matches(sent: str | None, expected: str) -> bool:
     return bool(sent) and bool(expected) and hmac.compare_digest(str(sent), expected)
 
 
-async def check_csrf(request: web.Request, form: MultiMapping[object]) -> None:
+async def check_csrf(request: web.Request, form: Mapping[str, object]) -> None:
     """Raise CsrfRefused unless this POST carries the token its form was given."""
     if not _same_origin(request):
         raise CsrfRefused("This form was sent from another site.")

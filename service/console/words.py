@@ -86,6 +86,6 @@ def conflict_text(review: dict[str, Any], now: datetime) -> str:
     return f"Already {done} by {latest['reviewer']} at {short_time(latest['decided_at'], now)}."
 
 
-def outcome_text(decision: str) -> str:
-    """A decision that went through: "Approved."."""
-    return DONE.get(decision, decision).capitalize() + "."
+def outcome_text(done: str) -> str:
+    """A decision that went through, from its past tense: "Approved."."""
+    return done.capitalize() + "."

@@ -16,6 +16,9 @@ from aiohttp.test_utils import TestClient
 from service.app import create_app
 from service.config import Settings
 
+# Fixtures of the service suite these tests use too (pytest finds them by name here).
+from tests.service.conftest import make_client, receiver  # noqa: F401
+
 SignedIn = Callable[..., Awaitable[TestClient]]
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')
