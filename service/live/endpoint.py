@@ -32,6 +32,8 @@ DISCONNECT_CHECK_SECONDS = 1.0
 STREAM_HEADERS = {
     hdrs.CONTENT_TYPE: "text/event-stream; charset=utf-8",
     hdrs.CACHE_CONTROL: "no-store",
+    # As on every console response (the console's own middlewares do not run here).
+    hdrs.X_CONTENT_TYPE_OPTIONS: "nosniff",
     # nginx and similar proxies would otherwise buffer the stream.
     "X-Accel-Buffering": "no",
 }

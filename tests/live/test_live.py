@@ -154,6 +154,7 @@ async def test_stream_needs_authorisation_and_sends_keepalives(
     assert set(stream.comments) == {"keepalive"}
     assert stream.response.headers["Content-Type"].startswith("text/event-stream")
     assert stream.response.headers["Cache-Control"] == "no-store"
+    assert stream.response.headers["X-Content-Type-Options"] == "nosniff"
 
 
 async def test_replaced_authorisation_check_decides(
