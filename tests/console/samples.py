@@ -96,7 +96,7 @@ SAMPLES: list[dict[str, Any]] = [
         "patch": (
             "--- a/ssl/record/rec_layer_s3.c\n"
             "+++ b/ssl/record/rec_layer_s3.c\n"
-            "@@ -1602,11 +1602,14 @@ int ssl3_get_record(SSL *s)\n"
+            "@@ -1602,10 +1602,14 @@ int ssl3_get_record(SSL *s)\n"
             "         /* Now pull the header and check the length against the maximum. */\n"
             "         n2s(p, rr->length);\n"
             " \n"

@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
@@ -246,7 +247,12 @@ def chromium(
 
 
 def wait(driver: WebDriver, seconds: float = PAGE_WAIT) -> WebDriverWait[WebDriver]:
-    return WebDriverWait(driver, seconds, poll_frequency=0.05)
+    """Poll until a condition holds. An element missing, or replaced while it was read
+    (live.js swaps parts of the page), is "not yet", not an error."""
+    return WebDriverWait(
+        driver, seconds, poll_frequency=0.05,
+        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+    )
 
 
 def sign_in(driver: WebDriver, served: Served, key: str) -> None:

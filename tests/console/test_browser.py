@@ -215,6 +215,12 @@ def test_reviewer_filters_opens_reads_diff_and_approves(
         "font-family"
     )
     assert "mono" in code_font.lower() or "courier" in code_font.lower(), code_font
+    # The code gets the room, the line numbers only what they need.
+    widths = browser.execute_script(
+        "return [...document.querySelector('table#diff tr.diff-line').cells]"
+        ".map(c => c.getBoundingClientRect().width)"
+    )
+    assert widths[2] >= 0.7 * sum(widths), f"old, new, code column widths: {widths}"
 
     # d focuses the decision form's first radio; approve with a justification.
     press(browser, "d")
