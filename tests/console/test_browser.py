@@ -338,6 +338,46 @@ def test_open_review_shows_someone_elses_decision_live_and_a_stale_form_gets_the
     assert stored["status"] == "approved" and len(stored["decisions"]) == 1
 
 
+# -- accessibility --------------------------------------------------------------------
+
+UNLABELLED_CONTROLS = """
+    return [...document.querySelectorAll('input, select, textarea')]
+      .filter(el => el.type !== 'hidden')
+      .filter(el => el.labels.length === 0 || ![...el.labels].some(l => l.textContent.trim()))
+      .map(el => el.outerHTML.slice(0, 120));
+"""
+
+
+def test_every_control_has_a_label_and_keyboard_focus_is_visible(
+    console: Served, browser: WebDriver
+) -> None:
+    review = seed(console)
+    browser.get(f"{console.url}/console/sign-in")
+    assert browser.execute_script(UNLABELLED_CONTROLS) == []
+    assert browser.find_element(By.TAG_NAME, "html").get_attribute("lang")
+
+    sign_in(browser, console, console.keys.reviewer)
+    wait(browser).until(lambda d: review["id"] in row_ids(d))
+    assert browser.execute_script(UNLABELLED_CONTROLS) == []
+    # j puts the focus on the row's link, and the focus can be seen.
+    browser.find_element(By.TAG_NAME, "body").click()
+    press(browser, "j")
+    wait(browser).until(
+        lambda d: "review-link" in (d.switch_to.active_element.get_attribute("class") or "")
+    )
+    focus = browser.execute_script(
+        "const s = getComputedStyle(document.activeElement);"
+        "return [s.outlineStyle, s.outlineWidth, s.boxShadow];"
+    )
+    assert (focus[0] != "none" and focus[1] != "0px") or focus[2] != "none", focus
+
+    open_review(browser, console, review["id"])
+    assert browser.execute_script(UNLABELLED_CONTROLS) == []
+    # Status in words, announced to screen readers: role=status regions exist.
+    assert browser.find_element(By.ID, "live-status").get_attribute("role") == "status"
+    assert browser.find_element(By.ID, "announcer").get_attribute("aria-live") == "polite"
+
+
 # -- roles and forged requests ------------------------------------------------------
 
 
