@@ -8,25 +8,18 @@ it with its traceback and answers 500.
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import aiohttp_jinja2
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 import telemetry
+from telemetry import http_title
 
 from ..api.problems import problem_for
 from ..domain.errors import ValidationFailed
 from .sessions import CONSOLE_USER
-
-_TITLES = {
-    400: "Bad request",
-    403: "Not allowed",
-    404: "Not found",
-    405: "Method not allowed",
-    409: "Conflict",
-    413: "Too large",
-    503: "Service unavailable",
-}
 
 
 def render_error(
@@ -37,7 +30,7 @@ def render_error(
         request,
         {
             "page": "error",
-            "title": _TITLES.get(status, "Error"),
+            "title": http_title(status, HTTPStatus(status).phrase),
             "status": status,
             "message": message,
             "user": request.get(CONSOLE_USER),

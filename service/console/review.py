@@ -143,13 +143,25 @@ def _plain(error: FieldError, decision: str) -> str:
     field = error.field.strip("/")
     if field == "decision":
         return "Choose a decision: approve, reject, modify or escalate."
-    if field == "justification" and error.message == "is required":
+    message = _without_value(error.message)
+    if field == "justification" and message == "is required":
         return f"A justification is required to {decision or 'decide'}."
     if field == "justification":
-        return f"The justification {error.message}."
+        return f"The justification {message}."
     if field.startswith("modifications"):
-        return f"The edited patch {error.message}."
-    return f"{field or 'The form'} {error.message}."
+        return f"The edited patch {message}."
+    return f"{field or 'The form'} {message}."
+
+
+def _without_value(message: str) -> str:
+    """jsonschema's message without the value it quotes ("'xxx' is too long"): the
+    form keeps what was typed; the message need not repeat it (cut at 200 characters,
+    which only a value too long for its field reaches)."""
+    if not message.startswith("'"):
+        return message
+    if message.endswith("..."):
+        return "is too long"
+    return message.rsplit("' ", 1)[-1]
 
 
 def _render(

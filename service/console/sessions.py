@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp_session import AbstractStorage, Session, get_session, new_session
 
 from ..auth import Principal
+from ..domain.errors import Unauthenticated
 from ..keys import API_KEYS, DB
 from ..storage.sessions import SessionStore
 
@@ -206,4 +207,15 @@ async def user_from_cookie(request: web.Request) -> ConsoleUser | None:
     user = None if data is None else _user_of(data)
     if user is None or not _key_still_valid(request, user):
         return None
+    return user
+
+
+async def session_holder(request: web.Request) -> ConsoleUser:
+    """For the live-updates endpoint's authorisation hook (``app[LIVE_AUTHORIZE]``):
+    the user of the request's console session; Unauthenticated (401) without one. A
+    browser's EventSource cannot send an Authorization header, but it does send the
+    session cookie (its Path, /console/, covers /console/live)."""
+    user = await user_from_cookie(request)
+    if user is None:
+        raise Unauthenticated("sign in to the console first")
     return user

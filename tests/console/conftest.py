@@ -17,7 +17,7 @@ from service.app import create_app
 from service.config import Settings
 
 # Fixtures of the service suite these tests use too (pytest finds them by name here).
-from tests.service.conftest import make_client, receiver  # noqa: F401
+from tests.service.conftest import make_client, receiver, throwaway_postgres  # noqa: F401
 
 SignedIn = Callable[..., Awaitable[TestClient]]
 

@@ -11,6 +11,7 @@ from service.console.diff import DiffRow, render_diff
 
 
 def test_a_git_diff_with_two_hunks_numbers_both_sides() -> None:
+    """Headers are meta rows, each hunk restarts the numbering its @@ line gives, +/- keep their sign."""
     view = render_diff(
         "diff --git a/f b/f\n"
         "index 1..2 100644\n"
@@ -43,6 +44,7 @@ def test_a_git_diff_with_two_hunks_numbers_both_sides() -> None:
 
 
 def test_a_new_file_starts_at_line_one_and_a_stripped_context_line_counts() -> None:
+    """A -0,0 side starts at line 1; an empty line inside a hunk is a context line."""
     view = render_diff("--- /dev/null\n+++ b/n\n@@ -0,0 +1,2 @@\n+one\n+two\n")
     assert [(r.kind, r.old, r.new) for r in view.rows[2:]] == [
         ("hunk", None, None), ("added", None, 1), ("added", None, 2),
@@ -64,6 +66,7 @@ def test_a_new_file_starts_at_line_one_and_a_stripped_context_line_counts() -> N
     ],
 )
 def test_what_is_not_a_unified_diff_comes_back_as_plain_lines(patch: str) -> None:
+    """No hunk, a bad @@ line, a short hunk or a stray line: every line shown as text, numbered."""
     view = render_diff(patch)
     assert not view.is_diff
     lines = patch.splitlines()
@@ -73,12 +76,14 @@ def test_what_is_not_a_unified_diff_comes_back_as_plain_lines(patch: str) -> Non
 
 
 def test_text_after_a_complete_hunk_is_shown_as_it_is() -> None:
+    """A format-patch signature after the last hunk is meta, not a change."""
     view = render_diff("@@ -1 +1 @@\n-a\n+b\n-- \n2.43.0\n")
     assert view.is_diff
     assert view.rows[-2:] == [DiffRow("meta", "-- "), DiffRow("meta", "2.43.0")]
 
 
 def test_crlf_patches_read_like_lf_ones() -> None:
+    """A patch with CRLF line ends renders like the same patch with LF."""
     assert render_diff("@@ -1 +1 @@\r\n-a\r\n+b\r\n") == render_diff("@@ -1 +1 @@\n-a\n+b\n")
 
 
@@ -88,10 +93,12 @@ def test_crlf_patches_read_like_lf_ones() -> None:
      (86400 * 2 + 3600 * 5 + 59, "2 d 5 h"), (-5, "0 s")],
 )  # fmt: skip
 def test_ages(seconds: float, text: str) -> None:
+    """Ages are coarse and never negative."""
     assert words.age(seconds) == text
 
 
 def test_times_and_statuses_in_words() -> None:
+    """Status and conflict texts name who decided and when, in UTC, with the date unless today."""
     now = datetime(2026, 11, 29, 15, 0, tzinfo=UTC)
     review = {
         "status": "approved",

@@ -21,6 +21,7 @@ async def test_health_page_shows_the_stats_and_configured_links(
     api_keys: Keys,
     console_sessions_table: None,
 ) -> None:
+    """The page shows the stats endpoint's figures and links to the configured Grafana and Jaeger."""
     for severity in ("critical", "critical", "low"):
         await submit(client, api_keys.auth("producer"), severity=severity)
     escalated = await submit(client, api_keys.auth("producer"), severity="high")

@@ -73,7 +73,9 @@ async def seeded(client: TestClient, api_keys: Keys, database_url: str) -> list[
         ("medium", "oraculo"), ("critical", "scanner"), ("low", "oraculo"),
     ]  # fmt: skip
     for severity, source in plan:
-        made.append(await submit(client, api_keys.auth("producer"), severity=severity, source=source))
+        made.append(
+            await submit(client, api_keys.auth("producer"), severity=severity, source=source)
+        )
     for minutes, review in zip(range(len(made), 0, -1), made, strict=True):
         await sql(
             database_url,
@@ -88,6 +90,7 @@ async def seeded(client: TestClient, api_keys: Keys, database_url: str) -> list[
 async def test_default_queue_is_open_reviews_oldest_first_with_ages(
     signed_in: SignedIn, api_keys: Keys, seeded: list[dict[str, object]]
 ) -> None:
+    """Without filters: pending and escalated reviews, oldest first, each with its age."""
     viewer = await signed_in(api_keys.viewer)
     page = await (await viewer.get("/console/queue")).text()
     shown = rows(page)
@@ -104,6 +107,7 @@ async def test_default_queue_is_open_reviews_oldest_first_with_ages(
 async def test_counts_per_severity_follow_the_status_filter(
     signed_in: SignedIn, api_keys: Keys, seeded: list[dict[str, object]]
 ) -> None:
+    """The counts per severity are those of the states the filter shows."""
     viewer = await signed_in(api_keys.viewer)
     page = await (await viewer.get("/console/queue")).text()
     assert counts(page) == {"critical": 2, "high": 2, "medium": 1, "low": 1}
@@ -131,6 +135,7 @@ async def test_filters(
     query: str,
     expected: list[int],
 ) -> None:
+    """Status, severity and source filters and the order select exactly the matching reviews."""
     viewer = await signed_in(api_keys.viewer)
     resp = await viewer.get(f"/console/queue?{query}")
     assert resp.status == 200
@@ -140,6 +145,7 @@ async def test_filters(
 async def test_keyset_pagination_walks_every_open_review_once(
     signed_in: SignedIn, api_keys: Keys, seeded: list[dict[str, object]]
 ) -> None:
+    """Following next-page links visits every review once, in either order, keeping the filters."""
     viewer = await signed_in(api_keys.viewer)
     for order, ids in (
         ("oldest", [0, 1, 3, 4, 5, 6]),
@@ -160,6 +166,7 @@ async def test_keyset_pagination_walks_every_open_review_once(
 
 
 async def test_empty_queue_says_so(signed_in: SignedIn, api_keys: Keys) -> None:
+    """A filter that matches nothing says so in words and offers no next page."""
     viewer = await signed_in(api_keys.viewer)
     page = await (await viewer.get("/console/queue?source=nobody")).text()
     assert element_text(page, "queue-empty") == "No reviews match these filters."
@@ -168,9 +175,18 @@ async def test_empty_queue_says_so(signed_in: SignedIn, api_keys: Keys) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["status=done", "severity=urgent", "order=random", "limit=0", "limit=101", "after=xyz", "source=" + "s" * 101],
+    [
+        "status=done",
+        "severity=urgent",
+        "order=random",
+        "limit=0",
+        "limit=101",
+        "after=xyz",
+        "source=" + "s" * 101,
+    ],
 )
 async def test_bad_filters_are_a_400_page(signed_in: SignedIn, api_keys: Keys, query: str) -> None:
+    """A filter value outside its choices is a 400 page, not an empty queue."""
     viewer = await signed_in(api_keys.viewer)
     resp = await viewer.get(f"/console/queue?{query}")
     assert resp.status == 400
@@ -179,6 +195,7 @@ async def test_bad_filters_are_a_400_page(signed_in: SignedIn, api_keys: Keys, q
 
 
 async def test_filter_form_is_labelled(signed_in: SignedIn, api_keys: Keys) -> None:
+    """Every filter control has a label and keeps the chosen value."""
     viewer = await signed_in(api_keys.viewer)
     page = await (await viewer.get("/console/queue?severity=high&order=newest")).text()
     assert '<form id="queue-filters" method="get" action="/console/queue"' in page

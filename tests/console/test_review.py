@@ -42,7 +42,12 @@ async def post_decision(
     """Open the review page, fill in its form with ``fields`` and send it; the status,
     the page finally shown (after the redirect, if any) and the redirect's target."""
     page = await (await browser.get(f"/console/reviews/{review_id}")).text()
-    form = {"csrf_token": csrf_token(page), "form_id": form_id(page), "justification": "", "patch": ""}
+    form = {
+        "csrf_token": csrf_token(page),
+        "form_id": form_id(page),
+        "justification": "",
+        "patch": "",
+    }
     form.update(fields)
     resp = await browser.post(
         f"/console/reviews/{review_id}/decision", data=form, allow_redirects=False
@@ -71,6 +76,7 @@ def diff_rows(page: str, table_id: str = "diff") -> list[tuple[str, str, str, st
 async def test_review_page_shows_every_field_scores_validation_and_the_diff(
     signed_in: SignedIn, client: TestClient, api_keys: Keys
 ) -> None:
+    """Every APV field, the scores, each validation reason, and the patch as numbered diff rows."""
     review = await submit(
         client,
         api_keys.auth("producer"),
@@ -114,6 +120,7 @@ async def test_review_page_shows_every_field_scores_validation_and_the_diff(
 async def test_a_patch_that_is_not_a_diff_is_shown_as_plain_lines(
     signed_in: SignedIn, client: TestClient, api_keys: Keys
 ) -> None:
+    """A patch that is not a unified diff is shown line by line as text."""
     review = await submit(client, api_keys.auth("producer"), patch="replace foo()\nwith bar()\n")
     viewer = await signed_in(api_keys.viewer)
     page = await (await viewer.get(f"/console/reviews/{review['id']}")).text()
@@ -125,6 +132,7 @@ async def test_a_patch_that_is_not_a_diff_is_shown_as_plain_lines(
 
 
 async def test_approve_end_to_end(signed_in: SignedIn, client: TestClient, api_keys: Keys) -> None:
+    """Approving from the form stores the decision (read back through the API) and says so."""
     review = await submit(client, api_keys.auth("producer"), patch=PATCH)
     reviewer = await signed_in(api_keys.reviewer)
     status, page, location = await post_decision(reviewer, review["id"], decision="approve")
@@ -136,7 +144,9 @@ async def test_approve_end_to_end(signed_in: SignedIn, client: TestClient, api_k
     assert re.search(r'<fieldset id="decision-fieldset" disabled>', page)
     stored = await api_review(client, api_keys, review["id"])
     assert stored["status"] == "approved"
-    assert [(d["decision"], d["reviewer"]) for d in stored["decisions"]] == [("approve", "reviewer-bot")]
+    assert [(d["decision"], d["reviewer"]) for d in stored["decisions"]] == [
+        ("approve", "reviewer-bot")
+    ]
     history = element_text(page, "history")
     assert "reviewer-bot" in history and "approved" in history
 
@@ -144,10 +154,13 @@ async def test_approve_end_to_end(signed_in: SignedIn, client: TestClient, api_k
 async def test_reject_needs_a_justification(
     signed_in: SignedIn, client: TestClient, api_keys: Keys, database_url: str
 ) -> None:
+    """Reject without a justification is a 422 that changes nothing; with one it is stored (LF line ends)."""
     review = await submit(client, api_keys.auth("producer"))
     reviewer = await signed_in(api_keys.reviewer)
     before = await count_rows(database_url)
-    status, page, _ = await post_decision(reviewer, review["id"], decision="reject", justification="  ")
+    status, page, _ = await post_decision(
+        reviewer, review["id"], decision="reject", justification="  "
+    )
     assert status == 422
     assert "A justification is required to reject." in element_text(page, "form-errors")
     assert 'id="decision-reject" value="reject" checked' in page
@@ -163,9 +176,27 @@ async def test_reject_needs_a_justification(
     assert stored["decisions"][0]["justification"] == "Breaks the ABI.\nSee #12."
 
 
+async def test_a_too_long_justification_is_refused_without_echoing_it(
+    signed_in: SignedIn, client: TestClient, api_keys: Keys
+) -> None:
+    """The API's length limit holds in the form too, and the message does not quote
+    the 10 kB it refuses."""
+    review = await submit(client, api_keys.auth("producer"))
+    reviewer = await signed_in(api_keys.reviewer)
+    text = "why " * 2600
+    status, page, _ = await post_decision(
+        reviewer, review["id"], decision="reject", justification=text
+    )
+    assert status == 422
+    assert element_text(page, "form-errors") == "The justification is too long."
+    assert page.count(text.strip()) == 1  # only in the textarea given back
+    assert (await api_review(client, api_keys, review["id"]))["status"] == "pending"
+
+
 async def test_no_decision_chosen_is_a_422_with_words(
     signed_in: SignedIn, client: TestClient, api_keys: Keys
 ) -> None:
+    """Sending the form without a decision asks for one and changes nothing."""
     review = await submit(client, api_keys.auth("producer"))
     reviewer = await signed_in(api_keys.reviewer)
     status, page, _ = await post_decision(reviewer, review["id"])
@@ -177,6 +208,7 @@ async def test_no_decision_chosen_is_a_422_with_words(
 async def test_modify_stores_the_edited_patch(
     signed_in: SignedIn, client: TestClient, api_keys: Keys
 ) -> None:
+    """Modify stores the edited textarea patch as the decision's modifications."""
     review = await submit(client, api_keys.auth("producer"), patch=PATCH)
     reviewer = await signed_in(api_keys.reviewer)
     page = await (await reviewer.get(f"/console/reviews/{review['id']}")).text()
@@ -202,6 +234,7 @@ async def test_modify_stores_the_edited_patch(
 async def test_escalate_then_approve(
     signed_in: SignedIn, client: TestClient, api_keys: Keys
 ) -> None:
+    """Escalating leaves the review open (escalate disabled); a senior then approves it."""
     review = await submit(client, api_keys.auth("producer"))
     reviewer = await signed_in(api_keys.reviewer)
     status, page, _ = await post_decision(
@@ -227,6 +260,7 @@ async def test_escalate_then_approve(
 async def test_conflict_says_who_decided_and_when(
     signed_in: SignedIn, client: TestClient, api_keys: Keys, database_url: str
 ) -> None:
+    """A form sent after someone else decided is a 409 naming who and when; nothing stored."""
     review = await submit(client, api_keys.auth("producer"))
     reviewer = await signed_in(api_keys.reviewer)
     # The form is open in the browser when someone else approves through the API.
@@ -260,6 +294,7 @@ async def test_conflict_says_who_decided_and_when(
 async def test_sending_the_same_form_twice_is_not_a_conflict(
     signed_in: SignedIn, client: TestClient, api_keys: Keys
 ) -> None:
+    """The same form sent twice (double click, reload) stores one decision and answers both."""
     review = await submit(client, api_keys.auth("producer"))
     reviewer = await signed_in(api_keys.reviewer)
     page = await (await reviewer.get(f"/console/reviews/{review['id']}")).text()
@@ -274,6 +309,7 @@ async def test_sending_the_same_form_twice_is_not_a_conflict(
 async def test_viewer_reads_but_cannot_decide(
     signed_in: SignedIn, client: TestClient, api_keys: Keys, database_url: str
 ) -> None:
+    """A viewer sees no form, and a viewer's POST is 403 with nothing stored."""
     review = await submit(client, api_keys.auth("producer"))
     viewer = await signed_in(api_keys.viewer)
     page = await (await viewer.get(f"/console/reviews/{review['id']}")).text()
@@ -300,6 +336,7 @@ IMG = '"><img src=x onerror=alert(1)>'
 async def test_hostile_text_renders_inert(
     signed_in: SignedIn, client: TestClient, api_keys: Keys, payload: str
 ) -> None:
+    """Script and attribute-breaking payloads in every review field render escaped everywhere."""
     review = await submit(
         client,
         api_keys.auth("producer"),

@@ -44,6 +44,7 @@ def assert_no_inline_script(page: str) -> None:
 async def test_every_console_response_carries_the_headers(
     signed_in: SignedIn, client: TestClient, api_keys: Keys
 ) -> None:
+    """Pages, redirects, errors and static files carry the CSP and the other headers; no inline script."""
     review = await submit(client, api_keys.auth("producer"))
     anonymous = [
         await client.get("/console/sign-in"),
@@ -76,7 +77,17 @@ async def test_every_console_response_carries_the_headers(
     assert css.headers["Cache-Control"] == "no-cache"
 
 
+async def test_static_files_need_no_session(client: TestClient) -> None:
+    """The sign-in page's CSS and JS are served without a session; no path escapes the folder."""
+    for name in ("console.css", "console.js"):
+        resp = await client.get(f"/console/static/{name}", allow_redirects=False)
+        assert resp.status == 200, name
+        assert_security_headers(resp, page=False)
+    assert (await client.get("/console/static/../app.py")).status in (403, 404)
+
+
 async def test_error_pages_keep_their_status(signed_in: SignedIn, api_keys: Keys) -> None:
+    """Unknown page 404, malformed id 400, unknown review 404, as HTML."""
     reviewer = await signed_in(api_keys.reviewer)
     assert (await reviewer.get("/console/nowhere")).status == 404
     assert (await reviewer.get("/console/reviews/not-a-uuid")).status == 400
@@ -86,6 +97,7 @@ async def test_error_pages_keep_their_status(signed_in: SignedIn, api_keys: Keys
 
 
 async def test_api_responses_gain_no_console_header(client: TestClient, api_keys: Keys) -> None:
+    """The console's headers and cookies stay off /api."""
     resp = await client.get("/api/reviews", headers=api_keys.auth("viewer"))
     assert resp.status == 200
     for header in ("Content-Security-Policy", "X-Frame-Options", "Set-Cookie"):
@@ -96,6 +108,7 @@ async def test_api_responses_gain_no_console_header(client: TestClient, api_keys
 async def test_decision_without_the_right_csrf_token_is_refused_and_changes_nothing(
     signed_in: SignedIn, client: TestClient, api_keys: Keys, database_url: str, token: str | None
 ) -> None:
+    """A decision without the session's CSRF token is 403; the review stays pending."""
     review = await submit(client, api_keys.auth("producer"))
     reviewer = await signed_in(api_keys.reviewer)
     page = await (await reviewer.get(f"/console/reviews/{review['id']}")).text()
@@ -108,13 +121,16 @@ async def test_decision_without_the_right_csrf_token_is_refused_and_changes_noth
     assert resp.status == 403
     assert "security token" in await resp.text()
     assert_security_headers(resp)
-    stored = await (await client.get(f"/api/reviews/{review['id']}", headers=api_keys.auth("viewer"))).json()
+    stored = await (
+        await client.get(f"/api/reviews/{review['id']}", headers=api_keys.auth("viewer"))
+    ).json()
     assert stored["status"] == "pending" and stored["decisions"] == []
 
 
 async def test_another_users_token_is_not_this_sessions(
     signed_in: SignedIn, client: TestClient, api_keys: Keys
 ) -> None:
+    """A CSRF token is bound to its session: another user's token is refused."""
     review = await submit(client, api_keys.auth("producer"))
     alice = await signed_in(api_keys.admin)
     bob = await signed_in(api_keys.reviewer)
@@ -130,6 +146,7 @@ async def test_another_users_token_is_not_this_sessions(
 async def test_cross_site_post_is_refused_even_with_the_token(
     signed_in: SignedIn, client: TestClient, api_keys: Keys
 ) -> None:
+    """A POST whose Origin is another site is refused even with the right token."""
     review = await submit(client, api_keys.auth("producer"))
     reviewer = await signed_in(api_keys.reviewer)
     token = csrf_token(await (await reviewer.get("/console/queue")).text())
@@ -146,6 +163,7 @@ async def test_cross_site_post_is_refused_even_with_the_token(
 async def test_sign_out_and_sign_in_need_their_tokens(
     signed_in: SignedIn, client: TestClient, api_keys: Keys, database_url: str
 ) -> None:
+    """Sign-out and sign-in refuse a POST without their token, and change nothing."""
     reviewer = await signed_in(api_keys.reviewer)
     resp = await reviewer.post("/console/sign-out", data={}, allow_redirects=False)
     assert resp.status == 403

@@ -10,11 +10,14 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from service import keyfile
 from service.app import create_app
 from service.config import Settings
+from service.console.sessions import session_holder
+from service.domain.errors import Unauthenticated
 from service.keys import API_KEYS
 from tests.conftest import Keys
 from tests.service.helpers import sql
@@ -38,6 +41,7 @@ async def session_rows(database_url: str) -> list[tuple[object, ...]]:
 
 
 async def test_sign_in_page_has_a_labelled_password_field(client: TestClient) -> None:
+    """The sign-in form has a labelled password field and a language."""
     resp = await client.get("/console/sign-in")
     page = await resp.text()
     assert resp.status == 200
@@ -51,6 +55,7 @@ async def test_sign_in_page_has_a_labelled_password_field(client: TestClient) ->
 async def test_sign_in_success_sets_a_strict_httponly_cookie_without_the_key(
     client: TestClient, api_keys: Keys, database_url: str, console_sessions_table: None
 ) -> None:
+    """A good key: 303, an HttpOnly SameSite=Strict cookie with a random id; the key is in neither cookie, row nor page."""
     resp = await sign_in(client, api_keys.reviewer, next_path="/console/health")
     assert resp.status == 303
     assert resp.headers["Location"] == "/console/health"
@@ -78,6 +83,7 @@ async def test_sign_in_success_sets_a_strict_httponly_cookie_without_the_key(
 async def test_cookie_is_secure_behind_an_https_proxy(
     client: TestClient, api_keys: Keys, console_sessions_table: None
 ) -> None:
+    """Behind a TLS-terminating proxy the session cookie is Secure."""
     page = await (await client.get("/console/sign-in")).text()
     resp = await client.post(
         "/console/sign-in",
@@ -93,6 +99,7 @@ async def test_cookie_is_secure_behind_an_https_proxy(
 async def test_wrong_key_shows_the_form_again_with_401(
     client: TestClient, key: str, database_url: str, console_sessions_table: None
 ) -> None:
+    """A wrong, empty or oversized key: the form again with 401 and an alert, no session."""
     resp = await sign_in(client, key)
     page = await resp.text()
     assert resp.status == 401
@@ -106,13 +113,17 @@ async def test_wrong_key_shows_the_form_again_with_401(
 async def test_a_producer_key_cannot_sign_in(
     client: TestClient, api_keys: Keys, database_url: str, console_sessions_table: None
 ) -> None:
+    """A key with neither reviewer nor viewer role is refused (403), no session."""
     resp = await sign_in(client, api_keys.producer)
     assert resp.status == 403
-    assert "neither the reviewer nor the viewer role" in element_text(await resp.text(), "form-error")
+    assert "neither the reviewer nor the viewer role" in element_text(
+        await resp.text(), "form-error"
+    )
     assert await session_rows(database_url) == []
 
 
 async def test_unauthenticated_pages_redirect_to_sign_in_with_next(client: TestClient) -> None:
+    """Without a session every page redirects to sign-in, remembering where it was."""
     for path in ("/console/queue?status=pending", "/console/health", "/console/reviews/x"):
         resp = await client.get(path, allow_redirects=False)
         assert resp.status == 303, path
@@ -128,6 +139,7 @@ async def test_unauthenticated_pages_redirect_to_sign_in_with_next(client: TestC
 async def test_next_never_leaves_the_console(
     client: TestClient, api_keys: Keys, next_path: str, console_sessions_table: None
 ) -> None:
+    """After sign-in, a next outside the console goes to the queue instead (no open redirect)."""
     resp = await sign_in(client, api_keys.viewer, next_path=next_path)
     assert resp.status == 303
     assert resp.headers["Location"] == "/console/queue"
@@ -136,8 +148,11 @@ async def test_next_never_leaves_the_console(
 async def test_sign_out_ends_the_session_server_side(
     signed_in: SignedIn, api_keys: Keys, database_url: str
 ) -> None:
+    """Sign-out deletes the row and clears the cookie; the old cookie replayed is refused."""
     client = await signed_in(api_keys.reviewer)
-    old = client.session.cookie_jar.filter_cookies(client.make_url("/console/"))["hitl_session"].value
+    old = client.session.cookie_jar.filter_cookies(client.make_url("/console/"))[
+        "hitl_session"
+    ].value
     page = await (await client.get("/console/queue")).text()
     resp = await client.post(
         "/console/sign-out", data={"csrf_token": csrf_token(page)}, allow_redirects=False
@@ -157,8 +172,11 @@ async def test_sign_out_ends_the_session_server_side(
 async def test_signing_in_again_replaces_the_old_session(
     signed_in: SignedIn, api_keys: Keys, database_url: str
 ) -> None:
+    """Signing in again issues a new token and deletes the old session."""
     client = await signed_in(api_keys.reviewer)
-    first = client.session.cookie_jar.filter_cookies(client.make_url("/console/"))["hitl_session"].value
+    first = client.session.cookie_jar.filter_cookies(client.make_url("/console/"))[
+        "hitl_session"
+    ].value
     # Already signed in: the form sends the user on.
     assert (await client.get("/console/sign-in", allow_redirects=False)).status == 303
     # A sign-in form left open in another tab: its double-submit token and cookie.
@@ -183,6 +201,7 @@ async def test_revoked_key_ends_its_sessions(
     database_url: str,
     console_sessions_table: None,
 ) -> None:
+    """Once a key is revoked, its session ends at the next request."""
     keys_file = tmp_path / "api-keys.json"
     keys_file.write_bytes(api_keys.file.read_bytes())
     app = create_app(settings.with_changes(api_keys_file=keys_file))
@@ -208,6 +227,7 @@ async def test_expired_key_ends_its_sessions(
     database_url: str,
     console_sessions_table: None,
 ) -> None:
+    """Once a key expires, its session ends at the next request."""
     keys_file = tmp_path / "api-keys.json"
     keys_file.write_bytes(api_keys.file.read_bytes())
     app = create_app(settings.with_changes(api_keys_file=keys_file))
@@ -228,6 +248,7 @@ async def test_expired_key_ends_its_sessions(
 async def test_expired_sessions_are_refused_and_pruned(
     signed_in: SignedIn, api_keys: Keys, database_url: str
 ) -> None:
+    """An expired session is refused, and the next sign-in deletes it."""
     client = await signed_in(api_keys.reviewer)
     await sql(database_url, "UPDATE console_sessions SET expires_at = now() - interval '1 s'")
     resp = await client.get("/console/queue", allow_redirects=False)
@@ -236,3 +257,28 @@ async def test_expired_sessions_are_refused_and_pruned(
     await signed_in(api_keys.viewer)
     rows = await sql(database_url, "SELECT data->>'name' FROM console_sessions")
     assert rows == [("viewer-bot",)]
+
+
+async def test_session_holder_authorises_a_request_outside_the_console_app(
+    aiohttp_client: object, settings: Settings, api_keys: Keys, console_sessions_table: None
+) -> None:
+    """The check the live-updates endpoint (on the parent app, where the console's
+    middlewares do not run) uses: the session cookie's user, or 401."""
+    app = create_app(settings)
+
+    async def probe(request: web.Request) -> web.Response:
+        try:
+            user = await session_holder(request)
+        except Unauthenticated:
+            return web.Response(status=401)
+        return web.Response(text=f"{user.name} ({user.role})")
+
+    app.router.add_get("/console/probe", probe)
+    client: TestClient = await aiohttp_client(app)  # type: ignore[operator]
+    assert (await client.get("/console/probe")).status == 401
+    assert (await sign_in(client, api_keys.viewer)).status == 303
+    resp = await client.get("/console/probe")
+    assert (resp.status, await resp.text()) == (200, "viewer-bot (viewer)")
+    page = await (await client.get("/console/queue")).text()
+    await client.post("/console/sign-out", data={"csrf_token": csrf_token(page)})
+    assert (await client.get("/console/probe")).status == 401

@@ -29,6 +29,7 @@ async def test_console_requests_are_labelled_traced_and_logged_by_route_template
     console_sessions_table: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """Metrics, spans and access lines name console routes by template, never by raw path; no key is logged."""
     client = await aiohttp_client(create_app(traced(settings, receiver)))
     review = await submit(client, api_keys.auth("producer"))
     assert (await sign_in(client, api_keys.reviewer)).status == 303
@@ -40,8 +41,13 @@ async def test_console_requests_are_labelled_traced_and_logged_by_route_template
     m = parse_exposition(await (await client.get("/metrics")).text())
     template = "/console/reviews/{review_id}"
     assert m.value("http_requests_total", method="GET", endpoint=template, status="200") == 2
-    assert m.value("http_requests_total", method="GET", endpoint="/console/queue", status="200") == 1
-    assert m.value("http_requests_total", method="POST", endpoint="/console/sign-in", status="303") == 1
+    assert (
+        m.value("http_requests_total", method="GET", endpoint="/console/queue", status="200") == 1
+    )
+    assert (
+        m.value("http_requests_total", method="POST", endpoint="/console/sign-in", status="303")
+        == 1
+    )
     endpoints = {dict(labels)["endpoint"] for labels in m.series_of("http_requests_total")}
     assert not any(review["id"] in e or "no-such-page" in e for e in endpoints), endpoints
 
@@ -64,6 +70,7 @@ async def test_console_requests_are_labelled_traced_and_logged_by_route_template
 
 
 def test_the_api_path_gains_no_middleware_or_signal(settings: Settings) -> None:
+    """The console's middlewares and header signal live on its sub-app only."""
     app = create_app(settings)
     names = [getattr(m, "__name__", repr(m)) for m in app.middlewares]
     assert names == ["observe_request", "count_in_flight"], names

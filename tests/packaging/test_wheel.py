@@ -12,7 +12,8 @@ virtualenvs, concurrently:
 
 In each it runs ``hitl-api --help``, imports every module, runs ``hitl-api createdb``
 and ``migrate`` against a throwaway database on the shared PostgreSQL and ``hitl-api
-serve`` until ``/api/health/ready`` answers 200, then stops it with SIGTERM as
+serve`` until ``/api/health/ready`` answers 200, fetches the console's sign-in page
+and static files (package data), then stops it with SIGTERM as
 ``docker stop`` would. Installs need the package index (PyPI); the machine's pip
 configuration files (local indexes, constraints) are ignored, so pip sees what a
 user's pip would.
@@ -271,6 +272,17 @@ def test_installed_wheel_migrates_and_serves(
                                    READY_TIMEOUT_S)
         assert status == 200, f"{body}\n{log_path.read_text()[-4000:]}\n{venv.report()}"
         assert '"ready"' in body or '"ok"' in body, body
+        # The console's templates and static files are package data: the installed
+        # wheel, not the work tree, serves them.
+        base = f"http://127.0.0.1:{env['HITL_PORT']}/console"
+        for path, expect in (
+            ("/sign-in", 'id="sign-in-form"'),
+            ("/static/console.css", "table.diff"),
+            ("/static/console.js", "keydown"),
+        ):
+            with urllib.request.urlopen(base + path, timeout=5) as response:  # loopback only
+                served = response.read().decode()
+            assert response.status == 200 and expect in served, (path, served[:500])
         process.terminate()  # SIGTERM, as `docker stop` sends
         returncode = process.wait(timeout=20)
         assert returncode == 0, f"exit {returncode} on SIGTERM:\n{log_path.read_text()[-4000:]}"

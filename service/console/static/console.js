@@ -22,13 +22,9 @@
   }
 
   function select(row) {
-    queueRows().forEach(function (r) {
-      r.classList.remove("selected");
-      r.removeAttribute("aria-selected");
-    });
+    queueRows().forEach(function (r) { r.classList.remove("selected"); });
     if (!row) return;
     row.classList.add("selected");
-    row.setAttribute("aria-selected", "true");
     var link = row.querySelector("a.review-link");
     if (link) link.focus();
   }
@@ -83,9 +79,8 @@
   document.addEventListener("focusin", function (event) {
     var row = event.target.closest && event.target.closest("#queue tbody tr.queue-item");
     if (row && !row.classList.contains("selected")) {
-      queueRows().forEach(function (r) { r.classList.remove("selected"); r.removeAttribute("aria-selected"); });
+      queueRows().forEach(function (r) { r.classList.remove("selected"); });
       row.classList.add("selected");
-      row.setAttribute("aria-selected", "true");
     }
   });
 })();
