@@ -6,11 +6,13 @@ hears of a submission or a decision, made on any replica, within a second.
         stream --> GET /console/live (Server-Sent Events) --> live.js in the page
 
 ``setup_live(app)`` wires it into the app factory: the route (on the main app, at
-its exact path, so it needs no console sub-app), the default authorisation
-(``app[LIVE_AUTHORIZE]``, replaceable), the metrics, the end of every stream on
-shutdown and at the start of a SIGTERM drain, and a cleanup context that opens the
-Redis clients, starts the subscriber and hands the feed to the review service. The
-/api routes gain nothing: no middleware, no signal.
+its exact path: a plain route resolves before the /console/ sub-app's prefix, and the
+console's middlewares do not run on it), the default authorisation
+(``app[LIVE_AUTHORIZE]``: a console session or an API key; replaceable), the
+metrics, the end of every stream on shutdown and at the start of a SIGTERM drain,
+and a cleanup context that opens the Redis clients, starts the subscriber and hands
+the feed to the review service. The /api routes gain nothing: no middleware, no
+signal.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from telemetry import instrument_redis
 
 from ..background import background
 from ..keys import CACHE, DRAIN, LIVE_AUTHORIZE, LIVE_HUB, REVIEWS, SETTINGS
-from .endpoint import PATH, LiveEndpoint, api_key_holder
+from .endpoint import PATH, LiveEndpoint, console_user_or_api_key
 from .events import channel_name
 from .hub import LiveHub
 from .metrics import LiveMetrics
@@ -50,7 +52,7 @@ def setup_live(
     metrics = LiveMetrics(app[telemetry.METRICS])
     hub = LiveHub(metrics, queue_size=settings.live_queue_size)
     app[LIVE_HUB] = hub
-    app[LIVE_AUTHORIZE] = api_key_holder
+    app[LIVE_AUTHORIZE] = console_user_or_api_key
     app.router.add_get(
         PATH,
         LiveEndpoint(keepalive_seconds=settings.live_keepalive_seconds).handle,

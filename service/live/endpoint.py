@@ -20,6 +20,7 @@ import time
 from aiohttp import hdrs, web
 
 from ..auth import Principal
+from ..console.sessions import user_from_cookie
 from ..domain.errors import Unauthenticated
 from ..keys import API_KEYS, LIVE_AUTHORIZE, LIVE_HUB
 from .events import KEEPALIVE, hello_frame
@@ -40,11 +41,22 @@ STREAM_HEADERS = {
 
 
 async def api_key_holder(request: web.Request) -> Principal:
-    """The default check: a valid API key in ``Authorization: Bearer``, any role."""
+    """A valid API key in ``Authorization: Bearer``, any role (for API clients)."""
     values = request.headers.getall(hdrs.AUTHORIZATION, [])
     if len(values) > 1:
         raise Unauthenticated("more than one Authorization header")
     return request.app[API_KEYS].authenticate(values[0] if values else None)
+
+
+async def console_user_or_api_key(request: web.Request) -> object:
+    """The default check: a signed-in console session (the browser's EventSource sends
+    the ``hitl_session`` cookie, and cannot send a header), else an API key. This route
+    is on the main app, outside the console's middlewares, so the session is read from
+    its cookie directly, with the same check that the key behind it is still valid."""
+    user = await user_from_cookie(request)
+    if user is not None:
+        return user
+    return await api_key_holder(request)
 
 
 class LiveEndpoint:

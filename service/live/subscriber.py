@@ -73,6 +73,10 @@ class LiveSubscriber:
                         attempt=failures,
                         retry_in=backoff,
                     )
+                except Exception:
+                    # A bug, not Redis: say so, and keep the instance's pages served
+                    # (not live, so they refresh) rather than let the task die.
+                    log.exception("live_subscriber_crashed")
                 self._hub.set_live(False)
                 if self._subscribed:  # it worked for a while: start the backoff afresh
                     backoff, failures = self._min_backoff, 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import time
 from datetime import datetime
@@ -138,6 +139,7 @@ async def test_stream_needs_authorisation_and_sends_keepalives(
     client: TestClient = await aiohttp_client(
         create_app(settings.with_changes(live_keepalive_seconds=0.2))
     )
+    await live(client.app)  # else a mode frame follows hello once subscribed
     for headers in ({}, {"Authorization": "Bearer hitl_00000000_nope"}):
         resp = await client.get("/console/live", headers=headers)
         assert resp.status == 401
@@ -155,6 +157,32 @@ async def test_stream_needs_authorisation_and_sends_keepalives(
     assert stream.response.headers["Content-Type"].startswith("text/event-stream")
     assert stream.response.headers["Cache-Control"] == "no-store"
     assert stream.response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_a_console_session_may_listen(
+    aiohttp_client: Any, settings: Settings, api_keys: Keys, open_stream: OpenStream
+) -> None:
+    """The browser's way in: the session cookie of a console sign-in (EventSource
+    sends no Authorization header). Signed out, the same cookie is refused."""
+    from tests.console.conftest import sign_in
+
+    client: TestClient = await aiohttp_client(create_app(settings))
+    await live(client.app)
+    resp = await sign_in(client, api_keys.viewer)
+    assert resp.status == 303, await resp.text()
+    stream = await open_stream(client, {})
+    assert (await stream.next()).data == {"live": True}
+    stream.response.close()
+
+    page = await (await client.get("/console/queue")).text()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token is not None
+    resp = await client.post(
+        "/console/sign-out", data={"csrf_token": token.group(1)}, allow_redirects=False
+    )
+    assert resp.status == 303
+    resp = await client.get("/console/live")
+    assert resp.status == 401
 
 
 async def test_replaced_authorisation_check_decides(

@@ -335,6 +335,12 @@
       " " + pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes()) + " UTC";
   }
 
+  // Only the pages with data to keep current listen; the sign-in and error pages
+  // (no session yet, or none needed) do not.
+  if (page !== "queue" && page !== "review" && page !== "health") {
+    return;
+  }
+
   window.addEventListener("pagehide", function () {
     if (source) {
       source.close();
