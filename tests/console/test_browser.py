@@ -251,6 +251,36 @@ def test_reviewer_filters_opens_reads_diff_and_approves(
     wait(browser).until(lambda d: row_ids(d) == {high["id"], medium["id"]})
 
 
+def test_a_missing_justification_is_explained_and_modify_stores_the_edited_patch(
+    console: Served, browser: WebDriver
+) -> None:
+    review = seed(console)
+    sign_in(browser, console, console.keys.reviewer)
+    open_review(browser, console, review["id"])
+
+    # Reject needs a justification: said in words, nothing stored.
+    submit_decision(browser, "reject", "")
+    errors = browser.find_element(By.ID, "form-errors")
+    assert errors.get_attribute("role") == "alert" and "justification" in errors.text.lower()
+    stored = console.review(review["id"])
+    assert stored["status"] == "pending" and stored["decisions"] == []
+
+    # Modify: the reviewer edits the patch in the form's editor.
+    editor = browser.find_element(By.ID, "patch")
+    edited = RECORD_PATCH.replace("len >= MAX_LEN", "len >= MAX_LEN - 1")
+    assert edited != RECORD_PATCH
+    editor.clear()
+    editor.send_keys(edited)
+    submit_decision(browser, "modify", "Off by one: the header byte counts too.")
+    assert "modified" in text_of(browser, "#decision-result").lower()
+    assert "modified by alice" in text_of(browser, "#review-status").lower()
+    stored = console.review(review["id"])
+    assert stored["status"] == "modified"
+    [decision] = stored["decisions"]
+    assert decision["modifications"]["patch"].strip() == edited.strip()
+    assert decision["justification"] == "Off by one: the header byte counts too."
+
+
 def test_second_session_sees_the_decided_review_leave_without_reloading(
     console: Served, open_browser: Callable[[], WebDriver]
 ) -> None:
