@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,3 +220,18 @@ async def session_holder(request: web.Request) -> ConsoleUser:
     if user is None:
         raise Unauthenticated("sign in to the console first")
     return user
+
+
+Authorize = Callable[[web.Request], Awaitable[object]]
+
+
+def session_or(fallback: Authorize) -> Authorize:
+    """An authorisation check that accepts the console session's user and otherwise
+    asks ``fallback`` (e.g. the live endpoint's API-key check, for clients that are not
+    a browser): ``app[LIVE_AUTHORIZE] = session_or(app[LIVE_AUTHORIZE])``."""
+
+    async def authorize(request: web.Request) -> object:
+        user = await user_from_cookie(request)
+        return user if user is not None else await fallback(request)
+
+    return authorize

@@ -52,9 +52,21 @@ async def require_sign_in(request: web.Request, handler: Handler) -> web.StreamR
     if user is not None:
         request[CONSOLE_USER] = user
     elif match_info.route.name not in PUBLIC_ROUTES:
+        if request.method == "GET" and request.headers.get("Sec-Fetch-Site") == "cross-site":
+            return _continue_here(request)
         target = request.path_qs if request.method == "GET" else QUEUE_PATH
         raise web.HTTPSeeOther(str(URL(SIGN_IN_PATH).with_query(next=target)))
     return await handler(request)
+
+
+def _continue_here(request: web.Request) -> web.Response:
+    """A link followed from another site (a chat message, an alert) arrives without
+    the SameSite=Strict session cookie. Load the same address again from this site
+    (a meta refresh, no script), which sends the cookie: a signed-in reviewer lands on
+    the page, anyone else on the sign-in form."""
+    return aiohttp_jinja2.render_template(
+        "continue.html", request, {"page": "continue", "user": None, "target": request.path_qs}
+    )
 
 
 def _render_sign_in(

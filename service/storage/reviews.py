@@ -64,9 +64,11 @@ FROM (SELECT percentile_cont(ARRAY[0.5, 0.95]) WITHIN GROUP (ORDER BY seconds)
 """
 
 
-# A page of reviews, keyset-paginated on (created_at, id) through
-# reviews_created_id_idx (scanned forwards or backwards), or reviews_open_queue_idx
-# when the filter is the open states.
+# A page of reviews, keyset-paginated on (created_at, id) in either direction. The
+# console's queue (the open states, oldest or newest first) reads
+# reviews_open_created_idx (0005), so its cost follows the backlog, not the decided
+# history: 0.1 ms for a page of 26 with 5,000 open among 300,000 reviews, both orders,
+# with or without a severity filter (EXPLAIN ANALYZE).
 _PAGE_SQL = f"""
     SELECT {_REVIEW_COLUMNS} FROM reviews
     WHERE (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s::text[]))

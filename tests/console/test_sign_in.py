@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from service import keyfile
 from service.app import create_app
 from service.config import Settings
-from service.console.sessions import session_holder
+from service.console.sessions import session_holder, session_or
 from service.domain.errors import Unauthenticated
 from service.keys import API_KEYS
 from tests.conftest import Keys
@@ -273,12 +273,53 @@ async def test_session_holder_authorises_a_request_outside_the_console_app(
             return web.Response(status=401)
         return web.Response(text=f"{user.name} ({user.role})")
 
+    async def probe_or_key(request: web.Request) -> web.Response:
+        async def key_holder(request: web.Request) -> str:
+            if request.headers.get("Authorization") != "Bearer k":
+                raise Unauthenticated("no key")
+            return "key holder"
+
+        try:
+            who = await session_or(key_holder)(request)
+        except Unauthenticated:
+            return web.Response(status=401)
+        return web.Response(text=who if isinstance(who, str) else f"{who.name}")  # type: ignore[attr-defined]
+
     app.router.add_get("/console/probe", probe)
+    app.router.add_get("/console/probe-or-key", probe_or_key)
     client: TestClient = await aiohttp_client(app)  # type: ignore[operator]
     assert (await client.get("/console/probe")).status == 401
+    assert (await client.get("/console/probe-or-key")).status == 401
+    keyed = await client.get("/console/probe-or-key", headers={"Authorization": "Bearer k"})
+    assert await keyed.text() == "key holder"
     assert (await sign_in(client, api_keys.viewer)).status == 303
+    assert await (await client.get("/console/probe-or-key")).text() == "viewer-bot"
     resp = await client.get("/console/probe")
     assert (resp.status, await resp.text()) == (200, "viewer-bot (viewer)")
     page = await (await client.get("/console/queue")).text()
     await client.post("/console/sign-out", data={"csrf_token": csrf_token(page)})
     assert (await client.get("/console/probe")).status == 401
+
+
+async def test_a_link_from_another_site_reloads_from_this_one(
+    signed_in: SignedIn, api_keys: Keys
+) -> None:
+    """A cross-site navigation carries no SameSite=Strict cookie: instead of the sign-in
+    form, a page that reloads the same address from this site (which sends it)."""
+    client = await signed_in(api_keys.reviewer)
+    target = "/console/queue?severity=high"
+    cookie = client.session.cookie_jar.filter_cookies(client.make_url("/console/"))["hitl_session"]
+    client.session.cookie_jar.clear()  # what the browser leaves out of a cross-site request
+    resp = await client.get(target, headers={"Sec-Fetch-Site": "cross-site"}, allow_redirects=False)
+    page = await resp.text()
+    assert resp.status == 200
+    assert '<meta http-equiv="refresh" content="0; url=/console/queue?severity=high">' in page
+    assert 'id="whoami"' not in page
+    # The reload comes from this site, with the cookie: the page itself.
+    again = await client.get(
+        target,
+        headers={"Sec-Fetch-Site": "same-origin", "Cookie": f"hitl_session={cookie.value}"},
+        allow_redirects=False,
+    )
+    assert again.status == 200
+    assert element_text(await again.text(), "whoami") == "reviewer-bot (reviewer)"
