@@ -81,6 +81,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(outbox_retention_ctx)
     app.cleanup_ctx.append(cache_evictions_ctx)
     app.cleanup_ctx.append(api_keys_ctx)
+    # Live updates: GET /console/live on this app (a plain route resolves before the
+    # sub-app's prefix), and the feed handed to the review service once it exists.
     setup_live(app)
 
     async def collect_pool_usage() -> None:

@@ -31,7 +31,7 @@ API_KEYS: web.AppKey[ApiKeys] = web.AppKey("api_keys")
 HTTP_CLIENT: web.AppKey[aiohttp.ClientSession] = web.AppKey("http_client", aiohttp.ClientSession)
 OPENAPI_DOCUMENT: web.AppKey[dict[str, Any]] = web.AppKey("openapi_document", dict)
 # Who may open the console's live stream (service/live): returns who is asking, or
-# raises an error answered 401/403. Replaceable (the console's session check).
+# raises an error answered 401/403. By default a console session or an API key.
 LIVE_AUTHORIZE: web.AppKey[Callable[[web.Request], Awaitable[object]]] = web.AppKey(
     "live_authorize"
 )

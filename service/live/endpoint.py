@@ -7,8 +7,9 @@ sent for ``keepalive_seconds`` (proxies close silent connections; the browser le
 a dead one).
 
 A stream is a request that lasts: it ends when the client goes (noticed within
-``DISCONNECT_CHECK_SECONDS``, so the open-connections gauge does not lag), when it is
-dropped as too slow (hub.py), and when the instance drains or shuts down — at the
+``DISCONNECT_CHECK_SECONDS``, so the open-connections gauge does not lag), when its
+authorisation no longer holds (checked again at each keepalive), when it is dropped
+as too slow (hub.py), and when the instance drains or shuts down — at the
 start of the drain, so the SIGTERM drain never waits its grace for a stream (the
 browser reconnects, through the load balancer, to an instance that is not going).
 """
@@ -17,14 +18,17 @@ from __future__ import annotations
 
 import time
 
+import structlog
 from aiohttp import hdrs, web
 
 from ..auth import Principal
 from ..console.sessions import user_from_cookie
-from ..domain.errors import Unauthenticated
+from ..domain.errors import DomainError, Unauthenticated
 from ..keys import API_KEYS, LIVE_AUTHORIZE, LIVE_HUB
 from .events import KEEPALIVE, hello_frame
 from .hub import StreamClosed
+
+log = structlog.get_logger("hitl.live")
 
 PATH = "/console/live"
 
@@ -57,6 +61,20 @@ async def console_user_or_api_key(request: web.Request) -> object:
     if user is not None:
         return user
     return await api_key_holder(request)
+
+
+async def still_authorised(request: web.Request) -> bool:
+    """Asked again at each keepalive, so a session signed out or a key revoked while
+    the page stays open stops receiving within one keepalive interval."""
+    try:
+        await request.app[LIVE_AUTHORIZE](request)
+    except (web.HTTPException, DomainError):
+        return False
+    except Exception as exc:
+        # The check could not be made (the session store unreachable): a database
+        # blip must not cut every open page; the next keepalive asks again.
+        log.warning("live_reauthorisation_failed", error=type(exc).__name__)
+    return True
 
 
 class LiveEndpoint:
@@ -98,6 +116,9 @@ class LiveEndpoint:
                     if frame.review_type is not None:
                         hub.metrics.record_delivered(frame.review_type)
                 elif time.monotonic() - last_write >= self.keepalive_seconds:
+                    if not await still_authorised(request):
+                        ended = True  # signed out or key revoked since: stop telling
+                        break
                     await response.write(KEEPALIVE)
                     last_write = time.monotonic()
             if ended:

@@ -205,6 +205,38 @@ async def test_replaced_authorisation_check_decides(
     assert resp.status == 401
 
 
+async def test_a_stream_whose_authorisation_lapses_is_ended(
+    aiohttp_client: Any, settings: Settings, api_keys: Keys, open_stream: OpenStream
+) -> None:
+    """Checked again at each keepalive: once the check refuses (a signed-out session,
+    a revoked key), the stream ends within one interval."""
+    from aiohttp import web
+
+    from service.domain.errors import Unauthenticated
+    from service.keys import LIVE_AUTHORIZE
+
+    allowed = True
+
+    async def while_allowed(request: web.Request) -> object:
+        if not allowed:
+            raise Unauthenticated("signed out")
+        return "someone"
+
+    app = create_app(settings.with_changes(live_keepalive_seconds=0.2))
+    app[LIVE_AUTHORIZE] = while_allowed
+    client: TestClient = await aiohttp_client(app)
+    stream = await open_stream(client, {})
+    assert (await stream.next()).event == "hello"
+    allowed = False
+    revoked = time.monotonic()
+    async with asyncio.timeout(2.0):
+        while await stream.response.content.readline():
+            pass
+    assert stream.response.content.at_eof()
+    assert time.monotonic() - revoked < 1.0
+    await wait_until(lambda: len(client.app[LIVE_HUB]) == 0, 2.0)
+
+
 async def test_redis_killed_then_restarted(
     aiohttp_client: Any,
     settings: Settings,
