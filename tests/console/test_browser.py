@@ -6,8 +6,9 @@ from the keyboard, read the diff with its line numbers, approve with a justifica
 and see the outcome; a colleague's queue drops the decided review without a reload;
 a viewer cannot decide (no form, and a forged POST is refused); HTML and script in
 every text an APV or a decision carries stays text; sign-out ends the session on the
-server; the Content-Security-Policy stops inline script. Element ids are those of the
-console contract (/work/helpers/console-contract.md, README "Console").
+server; the Content-Security-Policy stops inline script. The tests find elements by
+the ids and classes the console's templates promise (service/console/templates): the
+same names live.js and console.js rely on.
 
 Reviews are seeded through the JSON API with a producer key, and what the console did
 is checked through the JSON API too, never only on the page that did it.
