@@ -14,6 +14,7 @@ from yarl import URL
 
 from ..api import schemas
 from ..api.bodies import storable
+from ..domain.errors import ValidationFailed
 from ..domain.models import OPEN_STATUSES, Severity, Status
 from ..keys import REVIEWS
 from . import words
@@ -100,15 +101,20 @@ def _statuses(status: str) -> str | tuple[str, ...]:
 async def queue_page(request: web.Request) -> web.Response:
     filters = read_filters(request.query)
     service = request.config_dict[REVIEWS]
-    items, next_cursor = await service.list(
-        status=_statuses(filters.status),
-        severity=filters.severity or None,
-        source=filters.source or None,
-        cve_id=None,
-        cursor=filters.after,
-        limit=filters.limit,
-        oldest_first=filters.order == "oldest",
-    )
+    try:
+        items, next_cursor = await service.list(
+            status=_statuses(filters.status),
+            severity=filters.severity or None,
+            source=filters.source or None,
+            cve_id=None,
+            cursor=filters.after,
+            limit=filters.limit,
+            oldest_first=filters.order == "oldest",
+        )
+    except ValidationFailed:  # the only input the domain checks here is the cursor
+        raise BadFilter(
+            text="The filters are not valid: after is not a page of this queue."
+        ) from None
     counts = await service.open_counts()
     now = datetime.now(UTC)
     next_page = (

@@ -9,7 +9,12 @@
     var target = event.target;
     if (!target || !target.tagName) return false;
     var tag = target.tagName.toLowerCase();
-    return tag === "input" || tag === "textarea" || tag === "select" || target.isContentEditable;
+    if (tag === "input") {
+      // Radios and checkboxes take no text: the shortcuts still work from them.
+      var type = (target.getAttribute("type") || "text").toLowerCase();
+      return type !== "radio" && type !== "checkbox" && type !== "submit" && type !== "button";
+    }
+    return tag === "textarea" || tag === "select" || target.isContentEditable;
   }
 
   function announce(text) {
