@@ -9,7 +9,7 @@ HITL_PORT ?= 8000
 HITL_API_KEYS_FILE ?= $(CURDIR)/.local/api-keys.json
 export HITL_HOST HITL_PORT HITL_API_KEYS_FILE
 
-.PHONY: run test bench bench-queue stack rules lint typecheck tools services lock clean
+.PHONY: run test bench bench-queue stack rules lint typecheck tools services lock clean screenshots
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ bench-queue: $(VENV)/.installed services
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	touch $@
+
+## Issue 13: PNGs of the reviewer console for the README (docs/images/console-*.png):
+## the service with sample APVs in a throwaway database, headless chromium at 1280x900.
+screenshots: $(VENV)/.installed tools services
+	$(PY) -m tests.console.screenshots
 
 ## Debian packages the tests drive (promtool, Alertmanager, exporters, docker-compose).
 tools:
