@@ -35,9 +35,21 @@ class RulesError(ValueError):
     """The rule files cannot become one PrometheusRule."""
 
 
+# Rules about the monitoring stack itself (the Prometheus pair, the Alertmanager
+# cluster, VictoriaMetrics of compose and `make stack`), by their compose job names:
+# under the prometheus-operator those components are the operator's, watched by the
+# rules kube-prometheus ships (PrometheusDown, AlertmanagerMembersInconsistent, ...),
+# and these expressions would match no job there.
+NOT_FOR_THE_OPERATOR = frozenset({"monitoring.alerts.yml"})
+
+
 def rule_files(root: Path) -> list[Path]:
     # Sorted by name: the same order on every machine, so the output is stable.
-    return sorted((root / RULES_DIR).glob("*.yml"))
+    return sorted(
+        path
+        for path in (root / RULES_DIR).glob("*.yml")
+        if path.name not in NOT_FOR_THE_OPERATOR
+    )
 
 
 def load_groups(root: Path) -> list[dict[str, Any]]:
