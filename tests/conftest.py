@@ -52,6 +52,21 @@ def require_tool(name: str) -> str:
     return path
 
 
+def serve_environment(**settings: str) -> dict[str, str]:
+    """The environment of a ``python -m service serve`` child of a test: the caller's
+    without any HITL_* or OTEL_* variable (a stray one in the shell must not change what
+    a test sees), on loopback, JSON logs, tracing off; ``settings`` (HITL_*/OTEL_*
+    names) on top."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "OTEL_"))},
+        "HITL_HOST": "127.0.0.1",
+        "HITL_REDIS_URL": REDIS_URL,
+        "HITL_LOG_FORMAT": "json",
+        "OTEL_SDK_DISABLED": "true",
+        **settings,
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -34,6 +33,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from service.auth import append_key, new_key
+from tests.conftest import serve_environment
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -171,21 +171,19 @@ def start_service(
     extra_env: dict[str, str] | None = None,
     ready_seconds: float = 30.0,
 ) -> Served:
-    environ = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "OTEL_"))},
-        "HITL_HOST": "127.0.0.1",
-        "HITL_PORT": str(port),
-        "HITL_DATABASE_URL": database_url,
-        "HITL_REDIS_URL": redis_url,
-        "HITL_REDIS_KEY_PREFIX": redis_key_prefix,
-        "HITL_API_KEYS_FILE": str(keys.file),
-        "HITL_LOG_FORMAT": "json",
-        # Stop quickly: nobody else is sending when the fixture ends the process.
-        "HITL_SHUTDOWN_DRAIN_SECONDS": "0",
-        "HITL_SHUTDOWN_GRACE_SECONDS": "2",
-        "OTEL_SDK_DISABLED": "true",
-        **(extra_env or {}),
-    }
+    environ = serve_environment(
+        **{
+            "HITL_PORT": str(port),
+            "HITL_DATABASE_URL": database_url,
+            "HITL_REDIS_URL": redis_url,
+            "HITL_REDIS_KEY_PREFIX": redis_key_prefix,
+            "HITL_API_KEYS_FILE": str(keys.file),
+            # Stop quickly: nobody else is sending when the fixture ends the process.
+            "HITL_SHUTDOWN_DRAIN_SECONDS": "0",
+            "HITL_SHUTDOWN_GRACE_SECONDS": "2",
+            **(extra_env or {}),  # the caller's settings win
+        }
+    )
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve"],

@@ -55,7 +55,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REDIS_URL, RUN_ID, Keys
+from tests.conftest import RUN_ID, Keys, serve_environment
 from tests.ops.conftest import (
     ALERTMANAGER_YML,
     LOOPBACK,
@@ -307,13 +307,11 @@ def ha(tmp_path_factory: pytest.TempPathFactory, database_url: str, api_keys: Ke
         # hitl-api against this run's database.
         api_port = free_port()
         api = f"http://{LOOPBACK}:{api_port}"
-        start("hitl-api", [sys.executable, "-m", "service", "serve"], env={
-            **{k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "OTEL_"))},
-            "HITL_HOST": LOOPBACK, "HITL_PORT": str(api_port), "HITL_DATABASE_URL": database_url,
-            "HITL_REDIS_URL": REDIS_URL, "HITL_REDIS_KEY_PREFIX": f"hitl-test:{RUN_ID}:ha-mon:",
-            "HITL_API_KEYS_FILE": str(api_keys.file), "HITL_LOG_FORMAT": "json",
-            "OTEL_SDK_DISABLED": "true",
-        })
+        start("hitl-api", [sys.executable, "-m", "service", "serve"], env=serve_environment(
+            HITL_PORT=str(api_port), HITL_DATABASE_URL=database_url,
+            HITL_REDIS_KEY_PREFIX=f"hitl-test:{RUN_ID}:ha-mon:",
+            HITL_API_KEYS_FILE=str(api_keys.file),
+        ))
 
         for url, name in ams.items():
             wait_until_ready(f"{url}/-/ready", dict(started)[name], directory / f"{name}.log")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from aiohttp.test_utils import TestClient
 from service.app import create_app
 from service.config import Settings
 from service.keys import LIVE_HUB
-from tests.conftest import REDIS_URL, RUN_ID, Keys, free_port
+from tests.conftest import RUN_ID, Keys, free_port, serve_environment
 
 from .conftest import OpenStream, SseStream, live
 
@@ -68,18 +67,14 @@ def serve(database_url: str, api_keys: Keys, clean_state: None, tmp_path: Path) 
     """`python -m service serve` with a 1 s drain and a 10 s grace; killed at teardown."""
     port = free_port()
     log = tmp_path / "serve.log"
-    environ = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "OTEL_"))},
-        "HITL_DATABASE_URL": database_url,
-        "HITL_REDIS_URL": REDIS_URL,
-        "HITL_REDIS_KEY_PREFIX": f"hitl-test:{RUN_ID}:",
-        "HITL_API_KEYS_FILE": str(api_keys.file),
-        "HITL_PORT": str(port),
-        "HITL_LOG_FORMAT": "json",
-        "HITL_SHUTDOWN_DRAIN_SECONDS": str(DRAIN),
-        "HITL_SHUTDOWN_GRACE_SECONDS": str(GRACE),
-        "OTEL_SDK_DISABLED": "true",
-    }
+    environ = serve_environment(
+        HITL_DATABASE_URL=database_url,
+        HITL_REDIS_KEY_PREFIX=f"hitl-test:{RUN_ID}:",
+        HITL_API_KEYS_FILE=str(api_keys.file),
+        HITL_PORT=str(port),
+        HITL_SHUTDOWN_DRAIN_SECONDS=str(DRAIN),
+        HITL_SHUTDOWN_GRACE_SECONDS=str(GRACE),
+    )
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve"],

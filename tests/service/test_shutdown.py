@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import aiohttp
 import pytest
 
 from service.server import STRAGGLER_SECONDS
-from tests.conftest import REDIS_URL, RUN_ID, Keys, free_port
+from tests.conftest import RUN_ID, Keys, free_port, serve_environment
 from tests.service.helpers import sql, submission
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,20 +76,18 @@ def start_server(
     def start(**env: str) -> Server:
         port = free_port()
         log = tmp_path / f"serve-{port}.log"
-        environ = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("HITL_", "OTEL_"))},
-            "HITL_DATABASE_URL": database_url,
-            "HITL_REDIS_URL": REDIS_URL,
-            "HITL_REDIS_KEY_PREFIX": f"hitl-test:{RUN_ID}:",
-            "HITL_API_KEYS_FILE": str(api_keys.file),
-            "HITL_PORT": str(port),
-            "HITL_LOG_FORMAT": "json",
-            "HITL_DB_POOL_MAX": "10",
-            "HITL_SHUTDOWN_DRAIN_SECONDS": str(DRAIN),
-            "HITL_SHUTDOWN_GRACE_SECONDS": str(GRACE),
-            "OTEL_SDK_DISABLED": "true",
-            **env,
-        }
+        environ = serve_environment(
+            **{
+                "HITL_DATABASE_URL": database_url,
+                "HITL_REDIS_KEY_PREFIX": f"hitl-test:{RUN_ID}:",
+                "HITL_API_KEYS_FILE": str(api_keys.file),
+                "HITL_PORT": str(port),
+                "HITL_DB_POOL_MAX": "10",
+                "HITL_SHUTDOWN_DRAIN_SECONDS": str(DRAIN),
+                "HITL_SHUTDOWN_GRACE_SECONDS": str(GRACE),
+                **env,  # the test's own settings win
+            }
+        )
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "service", "serve"],
