@@ -9,10 +9,6 @@ through a worker thread (``browser``)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -23,6 +19,7 @@ from aiohttp.test_utils import TestClient
 from service.app import create_app
 from service.config import Settings
 from tests.conftest import Keys, require_tool
+from tests.console.served import chromium
 from tests.service.conftest import ThrowawayRedis
 from tests.service.helpers import submission
 
@@ -66,34 +63,15 @@ class Browser:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    chromium = require_tool("chromium")
-    chromedriver = require_tool("chromedriver")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:  # selenium comes with the browser tests' `test` extra
-        if os.environ.get("CI") == "true":
-            pytest.fail("selenium is not installed (pip install -e '.[test]')")
-        pytest.skip("selenium is not installed")
-
-    profile = tempfile.mkdtemp(prefix="hitl-live-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--no-first-run", "--disable-background-networking", "--disable-extensions",
-                 f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    """The browser tests' headless Chromium (tests/console/served.py: Debian's chromium
+    through its chromedriver, a fresh profile), started off the event loop."""
+    session = chromium(require_tool("chromium"), require_tool("chromedriver"))
     loop = asyncio.get_running_loop()
-    driver = await loop.run_in_executor(
-        None, lambda: webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
-    )
+    driver = await loop.run_in_executor(None, session.__enter__)
     try:
         yield Browser(driver)
     finally:
-        with contextlib.suppress(Exception):
-            await loop.run_in_executor(None, driver.quit)
-        shutil.rmtree(profile, ignore_errors=True)
+        await loop.run_in_executor(None, session.__exit__, None, None, None)
 
 
 async def test_live_js_follows_the_stream_and_falls_back_to_refreshing(
