@@ -13,7 +13,6 @@ from urllib.parse import urlsplit, urlunsplit
 import aiopg
 import psycopg2
 import psycopg2.extensions
-import psycopg2.extras
 import structlog
 
 from telemetry import Metrics
@@ -40,13 +39,22 @@ class Executor:
         async with self._metrics.db_query(operation):
             await self._cursor.execute(sql, params)
             row = await self._cursor.fetchone()
-        return dict(row) if row is not None else None
+        return dict(zip(self._columns(), row, strict=True)) if row is not None else None
 
     async def fetchall(self, operation: str, sql: str, params: Params = ()) -> list[Row]:
         async with self._metrics.db_query(operation):
             await self._cursor.execute(sql, params)
             rows = await self._cursor.fetchall()
-        return [dict(r) for r in rows]
+        columns = self._columns()
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    def _columns(self) -> tuple[str, ...]:
+        # Rows come as tuples and become dicts here, in C: psycopg2's RealDictCursor
+        # builds each row in Python, one __setitem__ per column, which was a tenth of
+        # the CPU of a 20-review list (py-spy, docs/benchmarks.md).
+        description = self._cursor.description
+        assert description is not None  # fetch* raised already for a statement without rows
+        return tuple(column.name for column in description)
 
 
 class Database:
@@ -70,7 +78,7 @@ class Database:
             # "unreachable", a 503, not a crash.
             raise psycopg2.OperationalError(f"cannot connect: {exc.__cause__ or exc}") from exc
         try:
-            async with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+            async with conn.cursor() as cur:
                 yield cur
         finally:
             await self.pool.release(conn)
