@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port, require_tool
-from tests.ops.conftest import OPS, RULES_DIR, Processes
+from tests.ops.conftest import OPS, Processes, fast_rule_files
 from tests.prom import parse_exposition
 from tests.service.helpers import sql, submission
 
@@ -284,19 +284,6 @@ async def test_killing_a_replica_under_load_fails_no_request_once_haproxy_notice
 
 
 # -- aggregation: a real Prometheus scraping the three --------------------------------
-
-
-def fast_rule_files(directory: Path) -> list[str]:
-    """The real rule files, every group evaluated each second (nothing else changed)."""
-    paths = []
-    for source in sorted(RULES_DIR.glob("*.yml")):
-        rules = yaml.safe_load(source.read_text())
-        for group in rules["groups"]:
-            group["interval"] = "1s"
-        target = directory / source.name
-        target.write_text(yaml.safe_dump(rules, sort_keys=False))
-        paths.append(str(target))
-    return paths
 
 
 def start_prometheus(cluster: Cluster, processes: Processes, directory: Path) -> str:

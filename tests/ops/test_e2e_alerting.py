@@ -29,8 +29,8 @@ from .conftest import (
     ALERTMANAGER_YML,
     LOOPBACK,
     ROOT,
-    RULES_DIR,
     Processes,
+    fast_rule_files,
     free_port,
     load_module,
     recording_rule_names,
@@ -46,22 +46,6 @@ render = load_module(ROOT / "ops" / "stack" / "render.py", "stack_render_e2e")
 SHORT_FOR = {"HighErrorRate": "2s", "ElevatedErrorRate": "4s"}
 PG_BASE = os.environ.get("HITL_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 DEADLINE_SECONDS = 45
-
-
-def fast_rule_files(directory: Path) -> list[str]:
-    """Copies of the real rule files, evaluated every second, with SHORT_FOR applied."""
-    paths = []
-    for source in sorted(RULES_DIR.glob("*.yml")):
-        rules = yaml.safe_load(source.read_text())
-        for group in rules["groups"]:
-            group["interval"] = "1s"
-            for rule in group["rules"]:
-                if rule.get("alert") in SHORT_FOR:
-                    rule["for"] = SHORT_FOR[rule["alert"]]
-        target = directory / source.name
-        target.write_text(yaml.safe_dump(rules, sort_keys=False))
-        paths.append(str(target))
-    return paths
 
 
 def rules_needing_history() -> set[str]:
@@ -212,7 +196,7 @@ async def test_error_burst_pages_through_the_real_routing_tree(
     config = render.prometheus_config(
         {"hitl-api": [api.removeprefix("http://")], "prometheus": [f"{LOOPBACK}:{prom_port}"]},
         am.removeprefix("http://"),
-        rule_files=fast_rule_files(prom_dir),
+        rule_files=fast_rule_files(prom_dir, SHORT_FOR),
         scrape_interval="1s",
         evaluation_interval="1s",
     )
