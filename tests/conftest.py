@@ -110,9 +110,14 @@ async def clean_state(database_url: str) -> AsyncIterator[None]:
 
 async def delete_run_keys() -> None:
     """Delete every Redis key of this test run (and no one else's)."""
+    await delete_keys(f"hitl-test:{RUN_ID}:")
+
+
+async def delete_keys(prefix: str) -> None:
+    """Delete every Redis key under ``prefix``."""
     client = aioredis.from_url(REDIS_URL)
     try:
-        keys = [k async for k in client.scan_iter(match=f"hitl-test:{RUN_ID}:*")]
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
         if keys:
             await client.delete(*keys)
     finally:

@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
-import socket
 import sys
 import tempfile
 from pathlib import Path
 
 import aiopg
-import redis.asyncio as aioredis
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 
 from service.storage.migrate import apply_migrations, create_database, drop_database
+from tests.conftest import PG_BASE, REDIS_URL, delete_keys, free_port
 from tests.console.samples import samples
 from tests.console.served import (
     REPO,
@@ -42,9 +40,6 @@ from tests.console.served import (
     start_service,
     wait,
 )
-
-PG_BASE = os.environ.get("HITL_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-REDIS_URL = os.environ.get("HITL_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 # How long ago each sample arrived (minutes), in the order of samples(): a queue
 # where everything is "0 min" old would not show what the age column is for.
@@ -75,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
                 redis_key_prefix=prefix,
                 keys=make_keys(directory),
                 log=directory / "serve.log",
-                port=_free_port(),
+                port=free_port(),
             )
             try:
                 shown = seed(served, database_url, prefix)
@@ -88,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
                 served.stop()
     finally:
         asyncio.run(drop_database(database_url))
-        asyncio.run(_delete_keys(prefix))
+        asyncio.run(delete_keys(prefix))
 
 
 def seed(served: Served, database_url: str, prefix: str) -> str:
@@ -103,7 +98,7 @@ def seed(served: Served, database_url: str, prefix: str) -> str:
     asyncio.run(_age(database_url, dict(zip(ids, AGES_MINUTES, strict=True))))
     # The service caches reviews in Redis as submitted; drop them so pages read the
     # aged rows.
-    asyncio.run(_delete_keys(prefix))
+    asyncio.run(delete_keys(prefix))
     return ids[REVIEW_SHOWN]
 
 
@@ -116,22 +111,6 @@ async def _age(database_url: str, minutes_by_id: dict[str, int]) -> None:
                 "UPDATE reviews SET created_at = created_at - %s::interval WHERE id = %s",
                 (shift, review_id),
             )
-
-
-async def _delete_keys(prefix: str) -> None:
-    client = aioredis.from_url(REDIS_URL)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def take(served: Served, review_id: str, out: Path) -> list[Path]:
