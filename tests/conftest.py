@@ -8,9 +8,14 @@ never see each other's data and never touch anyone else's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -65,6 +70,25 @@ def serve_environment(**settings: str) -> dict[str, str]:
         "OTEL_SDK_DISABLED": "true",
         **settings,
     }
+
+
+def http_get(url: str, timeout: float = 2.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # loopback only
+        return bytes(response.read())
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+    """Poll ``url`` until it answers 2xx; fail with the end of ``log`` when ``process``
+    exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: process exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            http_get(url, timeout=1)
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 def free_port() -> int:

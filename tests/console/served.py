@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from service.auth import append_key, new_key
-from tests.conftest import serve_environment
+from tests.conftest import serve_environment, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -191,28 +190,11 @@ def start_service(
         )
     served = Served(process, port, log, keys)
     try:
-        _wait_ready(served, ready_seconds)
+        wait_until_ready(f"{served.url}/api/health/ready", process, log, ready_seconds)
     except BaseException:
         served.stop()
         raise
     return served
-
-
-def _wait_ready(served: Served, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if served.process.poll() is not None:
-            raise AssertionError(
-                f"serve exited {served.process.returncode}: {served.log_tail()}"
-            )
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{served.url}/api/health/ready", timeout=1) as resp,
-        ):
-            if resp.status == 200:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"serve not ready in {seconds} s: {served.log_tail()}")
 
 
 # -- the browser ---------------------------------------------------------------------

@@ -29,8 +29,17 @@ from typing import Any
 import pytest
 
 from service.storage.migrate import apply_migrations, create_database, drop_database
-from tests.conftest import PG_BASE, REDIS_URL, RUN_ID, Keys, delete_run_keys, free_port
-from tests.ops.conftest import ROOT, Processes, http_get, load_module, wait_until_ready
+from tests.conftest import (
+    PG_BASE,
+    REDIS_URL,
+    RUN_ID,
+    Keys,
+    delete_run_keys,
+    free_port,
+    http_get,
+    wait_until_ready,
+)
+from tests.ops.conftest import ROOT, Processes, load_module
 
 render = load_module(ROOT / "ops" / "stack" / "render.py", "stack_render_ha")
 

@@ -18,8 +18,16 @@ import pytest
 import yaml
 
 from service.storage.migrate import drop_database
-from tests.conftest import PG_BASE, RUN_ID, delete_run_keys, free_port, require_tool
-from tests.ops.conftest import ROOT, Processes, http_get, wait_until_ready
+from tests.conftest import (
+    PG_BASE,
+    RUN_ID,
+    delete_run_keys,
+    free_port,
+    http_get,
+    require_tool,
+    wait_until_ready,
+)
+from tests.ops.conftest import ROOT, Processes
 
 from .conftest import render, require_haproxy
 

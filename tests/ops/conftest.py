@@ -7,14 +7,10 @@ Every process started here is killed in the fixture's teardown.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib.util
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -23,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import free_port, require_tool
+from tests.conftest import free_port, require_tool, wait_until_ready
 
 __all__ = ["free_port", "require_tool"]  # the ops tests import them from here
 
@@ -67,23 +63,6 @@ def alert_rules() -> list[dict[str, Any]]:
 
 def recording_rule_names() -> set[str]:
     return {rule["record"] for group in rule_groups() for rule in group["rules"] if "record" in rule}
-
-
-def http_get(url: str, timeout: float = 2.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # loopback only
-        return bytes(response.read())
-
-
-def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: process exited {process.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError, urllib.error.URLError):
-            http_get(url, timeout=1)
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
 class Processes:

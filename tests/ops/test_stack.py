@@ -12,11 +12,12 @@ from pathlib import Path
 
 import yaml
 
+from tests.conftest import http_get
+
 from .conftest import (
     ROOT,
     Processes,
     free_port,
-    http_get,
     load_module,
     require_tool,
     wait_until_ready,

@@ -26,7 +26,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ import aiohttp
 import pytest
 
 from service.server import STRAGGLER_SECONDS
-from tests.conftest import RUN_ID, Keys, free_port, serve_environment
+from tests.conftest import RUN_ID, Keys, free_port, serve_environment, wait_until_ready
 from tests.service.helpers import sql, submission
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +94,7 @@ def start_server(
             )
         server = Server(process, port, log)
         started.append(server)
-        _wait_ready(server, 20)
+        wait_until_ready(f"{server.url}/api/health/ready", process, log, 20)
         return server
 
     yield start
@@ -103,21 +102,6 @@ def start_server(
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait(timeout=10)
-
-
-def _wait_ready(server: Server, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise AssertionError(f"serve exited {server.process.returncode}: {server.log.read_text()[-2000:]}")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{server.url}/api/health/ready", timeout=1) as resp,
-        ):
-            if resp.status == 200:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"not ready in {seconds}s: {server.log.read_text()[-2000:]}")
 
 
 @dataclass
